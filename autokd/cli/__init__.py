@@ -1,0 +1,93 @@
+"""The ``autokd`` command line: one typer app, one module per command group, one error boundary (:func:`main`)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from autokd.errors import AutokdError
+
+# typer >= 0.26 vendors click: its ClickException derives from typer.TyperException. Older typer re-uses click.
+_CLI_ERRORS: tuple[type[BaseException], ...] = (typer.TyperException,)
+try:  # pragma: no cover - depends on the installed typer
+    import click
+
+    _CLI_ERRORS += (click.ClickException,)
+except ImportError:  # pragma: no cover
+    pass
+
+app = typer.Typer(
+    name="autokd",
+    help="Declarative AutoML search: NAS, pruning, quantization and knowledge distillation as joint "
+         "hyperparameters, with a report of whether KD's gain persists.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from autokd.cli import report, search, studies, validate  # noqa: E402  (commands register on `app`)
+
+__all__ = ["app", "main"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _err(console: Console, line: str) -> None:
+    console.print(Text("error: ", style="bold red") + Text(line, style="red"), soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; the one place that turns exceptions into messages and exit codes.
+
+    - ``AutokdError`` (bad space, flags, storage, data): one red line per problem on stderr, exit 2;
+    - usage errors from typer/click: one line, exit 2;
+    - Ctrl-C: the command that resumes, exit 130;
+    - anything else: one line, exit 1 (``AUTOKD_DEBUG=1`` shows the traceback).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    console = Console(stderr=True)
+    debug = os.environ.get("AUTOKD_DEBUG", "") not in ("", "0")
+    try:
+        command = typer.main.get_command(app)
+        rv = command.main(args=args, prog_name="autokd", standalone_mode=False)
+        code = int(rv or 0) if isinstance(rv, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            _interrupted(console, args)
+        return code
+    except AutokdError as exc:
+        if debug:
+            console.print_exception()
+        for line in exc.lines:
+            _err(console, line)
+        return EXIT_INPUT
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        _interrupted(console, args)
+        return EXIT_INTERRUPTED
+    except _CLI_ERRORS as exc:  # usage errors (unknown option, bad value, missing argument): one line
+        ctx = getattr(exc, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "autokd"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _err(console, f"{cmd}: {message} (see '{cmd} --help')")
+        return EXIT_INPUT
+    except Exception as exc:  # the last line of defence: never a traceback unless asked for
+        if debug:
+            console.print_exception()
+        _err(console, f"internal error: {type(exc).__name__}: {exc} (set AUTOKD_DEBUG=1 for the traceback)")
+        return EXIT_INTERNAL
+
+
+def _interrupted(console: Console, args: list[str]) -> None:
+    console.print(Text("\ninterrupted. ", style="yellow") +
+                  Text(f"Finished trials are saved; resume with: autokd {shlex.join(args)}"))
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``autokd report``: the Pareto report of a study, as a rich table or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from autokd.cli import app
+from autokd.cli.common import SetOpt, StorageOpt, StudyOpt
+from autokd.errors import AutokdError, Problem
+
+
+def open_report_study(space: Optional[Path], set_: list[str], storage: Optional[str], study: Optional[str]):
+    """(study, space) from a SPACE file and/or --storage/--study."""
+    from autokd.space import load_space
+    from autokd.study import default_storage, load_study
+
+    if space is not None:
+        sp = load_space(space, overrides=set_)
+        name = study or sp.name
+    elif study is not None:
+        name = study
+    else:
+        raise AutokdError(Problem("give a SPACE file, or --study NAME (with --storage URL for a non-default "
+                                  "storage)", file="report"))
+    return load_study(storage=storage or default_storage(name), study_name=name)
+
+
+@app.command()
+def report(
+    space: Annotated[Optional[Path], typer.Argument(metavar="[SPACE]", help="The space file whose study to read.",
+                                                    show_default=False)] = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    all_: bool = typer.Option(False, "--all", help="Show every trial, not only the Pareto front."),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts)."),
+) -> None:
+    """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL)."""
+    from autokd.report import pareto_info
+    from autokd.report.render import print_report, to_json
+    from autokd.study import metric_names, trial_records
+
+    st, sp = open_report_study(space, set_ or [], storage, study)
+    info = pareto_info(trial_records(st), directions=[d.name for d in st.directions], study=st.study_name,
+                       metric_names=metric_names(sp), include_all=all_,
+                       dataset_sizes=st.user_attrs.get("autokd.dataset_sizes"))
+    if json_:
+        typer.echo(to_json(info))
+    else:
+        print_report(info, Console())

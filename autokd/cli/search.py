@@ -1,0 +1,136 @@
+"""``autokd search``: run or resume the study of a space, with rich progress."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from autokd.cli import app
+from autokd.cli.common import CacheDirOpt, SetOpt, SpaceArg, StorageOpt, StudyOpt
+from autokd.space import load_space
+
+
+class RichProgress:
+    """Turns the stages' progress events into rich bars and a few printed lines."""
+
+    def __init__(self, console: Console, target: int):
+        self.console = console
+        self.target = target
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                             transient=False)
+        self.study_task = None
+        self.inner = None
+
+    def __enter__(self) -> RichProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def _inner(self, description: str, total: int) -> None:
+        if self.inner is not None:
+            self.bars.remove_task(self.inner)
+        self.inner = self.bars.add_task(description, total=total)
+
+    def __call__(self, event: str, **d: Any) -> None:
+        log = self.bars.console.print
+        if event == "study.resume":
+            if d["trials"]:
+                log(f"Resuming study [bold]{d['study']}[/] ({d['storage']}): {d['complete']}/{d['target']} "
+                    "complete trials.")
+            else:
+                log(f"New study [bold]{d['study']}[/] in {d['storage']}.")
+            self.study_task = self.bars.add_task("study", total=d["target"], completed=d["complete"])
+        elif event == "study.stale":
+            log(f"[yellow]Trial {d['number']} was left running by a process that died; marked FAIL and queued "
+                "again.[/]")
+        elif event == "teacher.start":
+            self._inner("teacher (training once)", d["epochs"])
+        elif event == "teacher.epoch":
+            self.bars.update(self.inner, completed=d["epoch"])
+        elif event == "teacher.corrupt":
+            log(f"[yellow]Teacher cache file {d['path']} is unusable ({d['reason']}); moved to {d['moved_to']} "
+                "and retraining.[/]")
+        elif event == "teacher.done":
+            how = {"cache": "loaded from the cache", "trained": "trained and cached",
+                   "checkpoint": "loaded from its checkpoint"}[d["source"]]
+            log(f"Teacher {how} ({d['path']}): val acc {100 * d['val_accuracy']:.1f}%, "
+                f"test acc {100 * d['test_accuracy']:.1f}%.")
+        elif event == "trial.start":
+            settings = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in d["params"].items())
+            self.current = d["number"]
+            self.settings = settings
+        elif event == "trial.phase":
+            self._inner(f"trial {self.current} {d['phase']}", d["epochs"])
+        elif event == "trial.epoch":
+            self.bars.update(self.inner, completed=d["epoch"])
+        elif event == "trial.done":
+            m = d["metrics"]
+            log(f"trial {d['number']:>3}: val {100 * m['val_accuracy']:5.1f}%  test {100 * m['test_accuracy']:5.1f}%"
+                f"  {m['flops'] / 1e6:7.2f} MFLOPs  {d['seconds']:5.1f}s  [dim]{self.settings}[/]")
+            self.bars.update(self.study_task, advance=1)
+        elif event == "trial.fail":
+            log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def search(
+    space: SpaceArg,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", min=1,
+                                            help="Stop starting new trials after this many seconds."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    cache_dir: CacheDirOpt = None,
+    allow_space_change: bool = typer.Option(False, "--allow-space-change",
+                                            help="Continue a study whose space differs from SPACE."),
+) -> int:
+    """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
+    Pareto report."""
+    from autokd.report import pareto_info
+    from autokd.report.render import print_report
+    from autokd.study import metric_names, run_search, trial_records
+
+    sp = load_space(space, overrides=set_ or [])
+    console = Console()
+    with RichProgress(console, sp.search.n_trials) as ui:
+        result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
+                            cache_dir=cache_dir, allow_space_change=allow_space_change, progress=ui)
+    st = result.study
+    info = pareto_info(trial_records(st), directions=[d.name for d in st.directions], study=st.study_name,
+                       metric_names=metric_names(sp), dataset_sizes=st.user_attrs.get("autokd.dataset_sizes"))
+    if result.complete:
+        print_report(info, console)
+    again = ["autokd", "report", str(space), *sum((["--set", s] for s in set_ or []), [])]
+    if storage:
+        again += ["--storage", storage]
+    if study:
+        again += ["--study", study]
+    err = Console(stderr=True)
+    if result.stopped == "max_failures":
+        err.print(f"[red]error: stopped after {result.failed_this_run} failed trials (search.max_failures); "
+                  f"last error: {result.last_error}[/]")
+        return 1
+    if result.complete == 0 and result.failed_this_run:
+        err.print(f"[red]error: every trial failed; last error: {result.last_error}[/]")
+        return 1
+    if result.stopped == "timeout":
+        console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun the "
+                      f"same command to continue: autokd {shlex.join(sys.argv[1:]) if sys.argv[1:] else ''}")
+    console.print(f"Done: {result.complete}/{result.target} complete trials in {result.storage} "
+                  f"(study {st.study_name}). See the report again with: {shlex.join(again)}")
+    return 0

@@ -1,0 +1,40 @@
+"""``autokd validate``: check a space and show what it searches."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autokd.cli import app
+from autokd.cli.common import SetOpt, SpaceArg
+from autokd.space import dimensions, discrete_size, load_space, space_hash
+
+
+@app.command()
+def validate(space: SpaceArg, set_: SetOpt = None,
+             json_: bool = typer.Option(False, "--json", help="Print the resolved space as JSON.")) -> None:
+    """Validate SPACE and print each searched dimension and the size of the discrete part."""
+    sp = load_space(space, overrides=set_ or [])
+    dims = dimensions(sp)
+    size, continuous = discrete_size(dims)
+    if json_:
+        typer.echo(json.dumps({"name": sp.name, "hash": space_hash(sp), "space": sp.model_dump(mode="json"),
+                               "dimensions": [{"name": d.path, "values": d.describe(), "size": d.size}
+                                              for d in dims],
+                               "discrete_size": size, "continuous": continuous}, indent=2))
+        return
+    console = Console()
+    console.print(f"[green]{space}: valid[/] — study '{sp.name}', space hash {space_hash(sp)}")
+    table = Table(header_style="bold")
+    table.add_column("parameter")
+    table.add_column("values")
+    table.add_column("size", justify="right")
+    for d in dims:
+        table.add_row(d.path, d.describe(), "∞" if d.size is None else str(d.size))
+    console.print(table)
+    extra = f" × {continuous} continuous dimension{'s' if continuous != 1 else ''}" if continuous else ""
+    console.print(f"{len(dims)} searched dimensions; discrete part: {size:,} configurations{extra}. "
+                  f"Budget: {sp.search.n_trials} complete trials, sampler {sp.search.sampler}.")

@@ -1,0 +1,59 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+The CLI's single error boundary maps :class:`AutokdError` to one red line per problem and exit code 2.
+Messages are written for people: they name the file and line where there is one, the dotted path of the field,
+what is wrong and, where it helps, the valid options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem: ``file:line: dotted.path: message``."""
+
+    message: str
+    path: str = ""
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}{field}{self.message}"
+
+
+class AutokdError(Exception):
+    """Base class: anything the user can fix. Carries one or more :class:`Problem` lines."""
+
+    def __init__(self, problems: str | Problem | list[Problem]):
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+
+class SpaceError(AutokdError):
+    """The search space (YAML file or ``--set`` override) is invalid."""
+
+
+class DataError(AutokdError):
+    """A dataset is missing or unreadable."""
+
+
+class StudyError(AutokdError):
+    """The study or its storage cannot be used as asked (unknown study, space changed, bad URL)."""
+
+
+class CacheError(AutokdError):
+    """A cache or checkpoint file cannot be used."""

@@ -1,0 +1,22 @@
+"""Progress reporting without a UI: stages call a plain callback, the CLI turns the events into rich bars.
+
+A callback is ``callback(event: str, **data)``. Events used by the stages:
+
+- ``teacher.start`` (key, epochs, member), ``teacher.epoch`` (epoch, epochs, loss), ``teacher.done`` (source:
+  "cache" | "trained" | "checkpoint", val_accuracy, test_accuracy, path), ``teacher.corrupt`` (path, reason)
+- ``trial.start`` (number, params), ``trial.phase`` (phase, epochs), ``trial.epoch`` (phase, epoch, epochs, loss),
+  ``trial.done`` (number, metrics, seconds), ``trial.fail`` (number, reason)
+- ``study.resume`` (complete, target), ``study.stale`` (number), ``study.enqueue`` (number, reason)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ProgressCallback(Protocol):
+    def __call__(self, event: str, **data: Any) -> None: ...
+
+
+def silent(event: str, **data: Any) -> None:
+    """The default callback: report nothing."""

@@ -1,0 +1,642 @@
+"""The search space: a pydantic v2 schema, a YAML loader that keeps line numbers, ``--set`` overrides,
+and small named cross-field checks.
+
+Validation runs in two stages (as Ludwig does): the schema (types, ``extra="forbid"``, ``version: 1``),
+then :data:`CHECKS`, small functions that each look at one cross-field rule. Every problem from both stages is
+collected and raised at once as a :class:`~autokd.errors.SpaceError` whose lines read
+``SPACE.yaml:LINE: dotted.path: what is wrong (valid: ...)``.
+
+A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low:, high:, step:?, log:?}``.
+The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError
+
+from autokd.errors import Problem, SpaceError
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Choices(_Strict, Generic[T]):
+    """A categorical dimension: ``{choices: [a, b, c]}``."""
+
+    choices: list[T]
+
+
+class Range(_Strict, Generic[N]):
+    """A numeric dimension: ``{low:, high:, step:?, log:?}`` (bounds inclusive)."""
+
+    low: N
+    high: N
+    step: N | None = None
+    log: bool = False
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Choices):
+        return "<choices>"
+    if isinstance(value, Range):
+        return "<range>"
+    if isinstance(value, dict):
+        return "<range>" if ("low" in value or "high" in value) else "<choices>"
+    return "<fixed>"
+
+
+# Tags start with "<" so that error locations can drop them (see _dotted).
+def _searchable(base: Any, *, numeric: bool) -> Any:
+    members: list[Any] = [Annotated[base, Tag("<fixed>")], Annotated[Choices[base], Tag("<choices>")]]
+    if numeric:
+        members.append(Annotated[Range[base], Tag("<range>")])
+    else:
+        # A range on a categorical field is routed to Choices, whose errors then say what is expected.
+        members.append(Annotated[Choices[base], Tag("<range>")])
+    return Annotated[Union[tuple(members)], Discriminator(_kind)]
+
+
+SFloat = _searchable(float, numeric=True)
+SInt = _searchable(int, numeric=True)
+SBool = _searchable(bool, numeric=False)
+
+Conv = Literal["depthwise", "standard"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"]
+
+
+class DatasetSpec(_Strict):
+    """Which data, how it is split, at what image size."""
+
+    name: DatasetName = "digits"
+    root: str | None = Field(None, description="Folder holding (or receiving) the dataset files.")
+    download: bool = Field(False, description="Allow torchvision to download the dataset into root.")
+    image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this side (default: native).")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Used where the dataset has no official test split.")
+    split_seed: int = 0
+    limit: int | None = Field(None, ge=10, description="Use at most this many training images (stratified).")
+
+
+class ModelSpec(_Strict):
+    """The student architecture: a family from the registry and its NAS choices."""
+
+    family: str = "mobilenetv2"
+    width_mult: SFloat = 1.0
+    depth_mult: SFloat = 1.0
+    kernel_size: SInt = 3
+    expand_ratio: SInt = 6
+    conv: Annotated[Union[Annotated[Conv, Tag("<fixed>")], Annotated[Choices[Conv], Tag("<choices>")],
+                          Annotated[Choices[Conv], Tag("<range>")]], Discriminator(_kind)] = "depthwise"
+    dropout: SFloat = 0.0
+    stages: str = Field("small", description="Stage table of the family: 'small' (8-16 px images) or 'cifar' (32 px).")
+
+
+class TeacherSpec(_Strict):
+    """The KD teacher: trained once and cached, or loaded from a checkpoint."""
+
+    family: str = "resnet"
+    width: int = Field(32, ge=4, description="Channels of the first stage.")
+    depth: int = Field(1, ge=1, le=16, description="Residual blocks per stage.")
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(0.05, gt=0)
+    checkpoint: str | None = Field(None, description="A state_dict (.pt) of this architecture to load instead of training.")
+
+
+class DistillSpec(_Strict):
+    """Hinton's knowledge distillation: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
+
+    kd: SBool = False
+    temperature: SFloat = 4.0
+    alpha: SFloat = 0.9
+    teacher: TeacherSpec = TeacherSpec()
+
+
+class TrainSpec(_Strict):
+    """The one training loop's settings; the same for every trial (except what is searched)."""
+
+    epochs: int = Field(10, ge=1, description="Training epochs of every trial.")
+    batch_size: int = Field(64, ge=1)
+    optimizer: Annotated[Union[Annotated[Literal["sgd", "adamw"], Tag("<fixed>")],
+                               Annotated[Choices[Literal["sgd", "adamw"]], Tag("<choices>")],
+                               Annotated[Choices[Literal["sgd", "adamw"]], Tag("<range>")]],
+                         Discriminator(_kind)] = "sgd"
+    lr: SFloat = 0.05
+    weight_decay: SFloat = 5e-4
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    label_smoothing: SFloat = 0.0
+    seed: int = Field(0, description="Initialization and data order of every trial.")
+
+
+Objective = Literal["flops", "params"]
+
+
+class SearchSpec(_Strict):
+    """How Optuna searches: sampler, budget, seeds, objectives."""
+
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
+    seed: int = 0
+    objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
+                                        description="Cost objectives minimized beside validation accuracy.")
+    startup_trials: int = Field(6, ge=0, description="Random trials before TPE models the space.")
+    population_size: int = Field(8, ge=2, description="NSGA-II population size.")
+    max_failures: int = Field(5, ge=1, description="Stop after this many FAIL trials in one run.")
+
+
+class Space(_Strict):
+    """A whole search space file."""
+
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
+    dataset: DatasetSpec = DatasetSpec()
+    model: ModelSpec = ModelSpec()
+    distill: DistillSpec = DistillSpec()
+    train: TrainSpec = TrainSpec()
+    search: SearchSpec = SearchSpec()
+
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str | None:
+        """The file the space was read from (``None`` when built from a dict)."""
+        return self._source
+
+
+# Fields that set the budget, not the question: left out of the space hash so that a study can be
+# resumed or extended with more trials.
+BUDGET_FIELDS = {"search": {"n_trials", "max_failures"}}
+
+
+# --------------------------------------------------------------------------------------------
+# Dimensions
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched field: its Optuna name (dotted path) and its distribution."""
+
+    path: str
+    choices: tuple[Any, ...] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    is_int: bool = False
+
+    @property
+    def size(self) -> int | None:
+        """Number of distinct values, or ``None`` for a continuous dimension."""
+        if self.choices is not None:
+            return len(self.choices)
+        if self.is_int:
+            return int((self.high - self.low) // (self.step or 1)) + 1
+        if self.step:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "{" + ", ".join(_fmt(c) for c in self.choices) + "}"
+        kind = "int" if self.is_int else "float"
+        extra = (f", step {_fmt(self.step)}" if self.step else "") + (", log" if self.log else "")
+        return f"{kind} [{_fmt(self.low)}, {_fmt(self.high)}]{extra}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _walk(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, (Choices, Range)):
+            yield path, value
+        elif isinstance(value, BaseModel):
+            yield from _walk(value, path + ".")
+        else:
+            yield path, value
+
+
+def dimensions(space: Space) -> list[Dimension]:
+    """The searched fields of ``space``, in file order."""
+    dims = []
+    for path, value in _walk(space):
+        if isinstance(value, Choices):
+            dims.append(Dimension(path, choices=tuple(value.choices)))
+        elif isinstance(value, Range):
+            dims.append(Dimension(path, low=value.low, high=value.high, step=value.step, log=value.log,
+                                  is_int=isinstance(value.low, int) and isinstance(value.high, int)))
+    return dims
+
+
+def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
+    """(number of configurations of the discrete dimensions, number of continuous dimensions)."""
+    size, continuous = 1, 0
+    for d in dims:
+        if d.size is None:
+            continuous += 1
+        else:
+            size *= d.size
+    return size, continuous
+
+
+def resolve(space: Space, params: dict[str, Any]) -> Space:
+    """A copy of ``space`` with every searched field set from ``params`` (dotted names).
+
+    Raises :class:`SpaceError` if a searched field has no value or a value names no searched field.
+    """
+    dims = {d.path for d in dimensions(space)}
+    missing = sorted(dims - set(params))
+    unknown = sorted(set(params) - dims)
+    problems = [Problem("no value given for this searched field", p) for p in missing]
+    problems += [Problem("not a searched field of this space" + _did_you_mean(p, sorted(dims)), p) for p in unknown]
+    if problems:
+        raise SpaceError(problems)
+    data = space.model_dump(mode="python")
+    for path, value in params.items():
+        _set_path(data, path.split("."), value)
+    resolved = Space.model_validate(data)
+    resolved._source = space.source
+    return resolved
+
+
+def is_resolved(space: Space) -> bool:
+    return not dimensions(space)
+
+
+def space_hash(space: Space) -> str:
+    """A canonical hash of the question a space asks (budget fields left out)."""
+    data = space.model_dump(mode="json", exclude=BUDGET_FIELDS)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def to_dict(space: Space) -> dict[str, Any]:
+    """Plain JSON-able data of the space (round-trips through :func:`space_from_dict`)."""
+    return space.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field checks (stage two). Each returns (dotted path, message) pairs.
+
+CheckResult = list[tuple[str, str]]
+
+# Allowed values of every candidate value of a field: (low, high, low_inclusive, high_inclusive).
+BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "model.width_mult": (0.0, 8.0, False, True),
+    "model.depth_mult": (0.0, 8.0, False, True),
+    "model.kernel_size": (1, 11, True, True),
+    "model.expand_ratio": (1, 12, True, True),
+    "model.dropout": (0.0, 1.0, True, False),
+    "distill.temperature": (0.0, math.inf, False, False),
+    "distill.alpha": (0.0, 1.0, True, True),
+    "train.lr": (0.0, math.inf, False, False),
+    "train.weight_decay": (0.0, math.inf, True, False),
+    "train.label_smoothing": (0.0, 1.0, True, False),
+}
+
+
+def _candidates(value: Any) -> list[Any]:
+    if isinstance(value, Choices):
+        return list(value.choices)
+    if isinstance(value, Range):
+        return [value.low, value.high]
+    return [value]
+
+
+def check_ranges(space: Space) -> CheckResult:
+    """low < high, non-empty and distinct choices, valid steps and log ranges."""
+    out: CheckResult = []
+    for path, value in _walk(space):
+        if isinstance(value, Choices):
+            if not value.choices:
+                out.append((f"{path}.choices", "choices must not be empty"))
+            elif len(set(map(repr, value.choices))) != len(value.choices):
+                out.append((f"{path}.choices", "choices must be distinct"))
+        elif isinstance(value, Range):
+            if not value.low < value.high:
+                out.append((f"{path}.low", f"low must be < high (got low={value.low}, high={value.high})"))
+            if value.log and value.low <= 0:
+                out.append((f"{path}.low", "a log range needs low > 0"))
+            if value.step is not None:
+                if value.step <= 0:
+                    out.append((f"{path}.step", "step must be > 0"))
+                elif value.log:
+                    out.append((f"{path}.step", "step and log cannot be used together"))
+                elif value.low < value.high and value.step > value.high - value.low:
+                    out.append((f"{path}.step", "step is larger than high - low"))
+    return out
+
+
+def check_bounds(space: Space) -> CheckResult:
+    """Every candidate value of a field lies in the field's valid interval (alpha in [0, 1], T > 0, ...)."""
+    out: CheckResult = []
+    values = dict(_walk(space))
+    for path, (lo, hi, lo_in, hi_in) in BOUNDS.items():
+        for v in _candidates(values[path]):
+            ok = (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+            if not ok:
+                interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+                out.append((path, f"{v} is out of range (valid: {interval})"))
+    for v in _candidates(values["model.kernel_size"]):
+        if isinstance(v, int) and v % 2 == 0:
+            out.append(("model.kernel_size", f"{v} must be odd (valid: 1, 3, 5, 7, ...)"))
+    return out
+
+
+def check_families(space: Space) -> CheckResult:
+    """Model and teacher families exist in the registry, and searched fields are used by the family."""
+    from autokd.models.registry import family_fields, student_families, teacher_families
+
+    out: CheckResult = []
+    students, teachers = student_families(), teacher_families()
+    if space.model.family not in students:
+        out.append(("model.family", f"unknown family {space.model.family!r}{_hint(space.model.family, students)}"))
+    else:
+        used = family_fields(space.model.family)
+        for d in dimensions(space):
+            name = d.path.removeprefix("model.")
+            if d.path.startswith("model.") and name not in used:
+                out.append((d.path, f"family {space.model.family} does not use this field"))
+    if space.distill.teacher.family not in teachers:
+        t = space.distill.teacher.family
+        out.append(("distill.teacher.family", f"unknown teacher family {t!r}{_hint(t, teachers)}"))
+    return out
+
+
+def check_dataset(space: Space) -> CheckResult:
+    """imagefolder needs a root; the split leaves room for training data."""
+    d = space.dataset
+    out: CheckResult = []
+    if d.name == "imagefolder" and not d.root:
+        out.append(("dataset.root", "imagefolder needs root: a folder with one sub-folder per class"))
+    if d.name in ("digits", "imagefolder") and d.val_fraction + d.test_fraction >= 0.9:
+        out.append(("dataset.val_fraction", "val_fraction + test_fraction must leave at least 10% for training"))
+    return out
+
+
+def check_search(space: Space) -> CheckResult:
+    """Objectives are distinct."""
+    objs = space.search.objectives
+    if len(set(objs)) != len(objs):
+        return [("search.objectives", "objectives must be distinct")]
+    return []
+
+
+CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
+                                                check_search]
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (``1e-3`` is a float, not a string) and duplicate-key detection."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every path in a composed YAML document to the 1-based line where it is written."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple = ()) -> Iterator[tuple[tuple, int]]:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                yield path + (key_node.value,), key_node.start_mark.line + 1
+            seen.add(key_node.value)
+            yield from _duplicate_keys(value_node, path + (key_node.value,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, path + (i,))
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one ``--set`` value with the same YAML rules as the space file."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    name = str(path)
+    if not path.exists():
+        raise SpaceError(Problem("no such file", file=name))
+    if path.is_dir():
+        raise SpaceError(Problem("is a directory, expected a YAML file", file=name))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(Problem(f"cannot read: {exc}", file=name)) from exc
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpaceError(Problem(f"YAML syntax error: {what}", file=name,
+                                 line=mark.line + 1 if mark else None)) from exc
+    if node is None:
+        raise SpaceError(Problem("the file is empty; a space starts with 'version: 1'", file=name))
+    dups = list(_duplicate_keys(node))
+    if dups:
+        raise SpaceError([Problem("key given twice", ".".join(map(str, p)), name, line) for p, line in dups])
+    data = yaml.load(text, Loader=_Loader)
+    return data, _line_map(node)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[k] = nxt
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any, str]]:
+    """``["train.epochs=1", ...]`` -> ``[(path, value, original text), ...]``; values are parsed as YAML."""
+    out, problems = [], []
+    for text in overrides:
+        path, sep, raw = text.partition("=")
+        path = path.strip()
+        if not sep or not path or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", path):
+            problems.append(Problem(f"expected dotted.path=VALUE, e.g. train.epochs=1 (got {text!r})", file="--set"))
+            continue
+        try:
+            value = parse_yaml_value(raw)
+        except yaml.YAMLError as exc:
+            problems.append(Problem(f"value is not valid YAML: {str(exc).splitlines()[0]}", path, "--set"))
+            continue
+        out.append((path, value, text))
+    if problems:
+        raise SpaceError(problems)
+    return out
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _hint(word: Any, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'? valid: a, b, c)`` — the close match first, then every valid option."""
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    valid = f"valid: {', '.join(map(str, options))}" if options else ""
+    if match:
+        return f" (did you mean {match[0]!r}? {valid})" if valid else f" (did you mean {match[0]!r}?)"
+    return f" ({valid})" if valid else ""
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (for listing valid field names)."""
+    model: Any = Space
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _clean_loc(loc: Sequence[Any]) -> tuple:
+    # Drop discriminator tags ("<fixed>") and pydantic's generic/union member names ("Choices[float]").
+    return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("<") or "[" in p)))
+
+
+def _message(err: dict[str, Any], loc: tuple) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        valid = list(model.model_fields) if model else []
+        if loc and isinstance(loc[-1], str) and loc[-1] in ("low", "high", "step", "log"):
+            return "this field takes a fixed value or {choices: [...]}, not a range"
+        return f"unknown field{_hint(loc[-1], valid)}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'|(\d+)", ctx.get("expected", ""))
+        options = [a or b for a, b in expected]
+        return f"{value!r} is not valid{_hint(value, options)}"
+    msg = err["msg"]
+    if kind == "string_pattern_mismatch":
+        msg = "use letters, digits, '.', '_' and '-' only"
+    shown = value if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"{msg[0].lower()}{msg[1:]} (got {shown!r})"
+
+
+def _locate(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _problem(loc: tuple, message: str, source: str | None, lines: dict[tuple, int],
+             overrides: list[tuple[str, Any, str]]) -> Problem:
+    dotted = ".".join(str(p) for p in loc)
+    for path, _, text in reversed(overrides):
+        if dotted == path or dotted.startswith(path + ".") or path.startswith(dotted + "."):
+            return Problem(message, dotted, file=f"--set {text}")
+    return Problem(message, dotted, file=source, line=_locate(loc, lines) if source else None)
+
+
+def validate_data(data: Any, *, source: str | None = None, lines: dict[tuple, int] | None = None,
+                  overrides: Sequence[str] = ()) -> Space:
+    """Validate already-parsed data (+ overrides) in both stages; raise one SpaceError with every problem."""
+    lines = lines or {}
+    parsed = parse_overrides(overrides)
+    if not isinstance(data, dict):
+        raise SpaceError(Problem("a space must be a mapping (key: value lines) starting with 'version: 1'",
+                                 file=source, line=1 if source else None))
+    data = copy.deepcopy(data)
+    for path, value, _ in parsed:
+        _set_path(data, path.split("."), value)
+    try:
+        space = Space.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            problems.append(_problem(loc, _message(err, loc), source, lines, parsed))
+        raise SpaceError(_dedupe(problems)) from None
+    problems = []
+    for check in CHECKS:
+        for dotted, message in check(space):
+            loc = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+            problems.append(_problem(loc, message, source, lines, parsed))
+    if problems:
+        raise SpaceError(_dedupe(problems))
+    space._source = source
+    return space
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out
+
+
+def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
+    """Read, override and validate a YAML space file."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    return validate_data(data, source=str(path), lines=lines, overrides=overrides)
+
+
+def space_from_dict(data: dict[str, Any], *, overrides: Sequence[str] = ()) -> Space:
+    """Validate a space given as plain data (as stored in a study)."""
+    return validate_data(data, overrides=overrides)

@@ -1,0 +1,325 @@
+"""Create, load, resume and run the Optuna study of a space.
+
+- Storage: any Optuna storage URL; the default is ``sqlite:///studies/<name>.db``. RDB storages get a heartbeat so
+  that trials of a worker that died on another machine are failed and retried.
+- Resume: ``search.n_trials`` counts COMPLETE trials, so rerunning the same command finishes the rest. Trials left
+  RUNNING by a process of this host that no longer exists (``kill -9``, a crash) are failed at once and their
+  parameters enqueued again, instead of waiting for a heartbeat grace period.
+- Space identity: a canonical hash of the space (budget fields left out) is stored in the study; a different space
+  is refused unless ``allow_space_change``.
+- Seeds: the sampler's seed is derived from ``search.seed`` and the number of trials already in the study, so a
+  resumed study does not re-propose the first trials' parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autokd import __version__
+from autokd.data import load_dataset
+from autokd.errors import AutokdError, Problem, StudyError
+from autokd.objective import OBJECTIVE_METRICS, Objective
+from autokd.progress import ProgressCallback, silent
+from autokd.space import Space, dimensions, space_from_dict, space_hash, to_dict
+from autokd.teacher import get_teacher
+
+STUDIES_DIR = Path("studies")
+ATTR_SPACE = "autokd.space"
+ATTR_HASH = "autokd.space_hash"
+ATTR_VERSION = "autokd.version"
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Keep Optuna's experimental/deprecation warnings and per-trial log lines off the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optuna\..*")
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            yield
+        finally:
+            optuna.logging.set_verbosity(level)
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///{STUDIES_DIR / name}.db"
+
+
+def artifacts_dir(storage_url: str, study_name: str) -> Path:
+    """Where trial models go: beside a SQLite file (``studies/<study>/``), else ``studies/<study>/``."""
+    if storage_url.startswith("sqlite:///"):
+        db = Path(storage_url.removeprefix("sqlite:///"))
+        return db.parent / study_name
+    return STUDIES_DIR / study_name
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage URL, turning every failure into one ``--storage`` line."""
+    if "://" not in url:
+        raise StudyError(Problem(f"{url!r} is not a storage URL (e.g. sqlite:///studies/x.db, "
+                                 "postgresql://user@host/db)", file="--storage"))
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if not create and not db.exists():
+            raise StudyError(Problem(f"no study database at {db}", file="--storage"))
+        if db.exists() and db.is_dir():
+            raise StudyError(Problem(f"{db} is a directory, not a SQLite file", file="--storage"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with quiet_optuna():
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+    except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+
+
+def derive_seed(seed: int, n_existing: int) -> int:
+    """A sampler seed for a study that already holds ``n_existing`` trials (same seed, same history -> same seed)."""
+    digest = hashlib.sha256(f"autokd:{seed}:{n_existing}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(space: Space, *, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed."""
+    s = space.search
+    seed = derive_seed(s.seed, n_existing)
+    with quiet_optuna():
+        if s.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials)
+        if s.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
+        if s.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise StudyError(Problem(f"unknown sampler {s.sampler!r} (valid: tpe, nsga2, random)", "search.sampler"))
+
+
+def metric_names(space: Space) -> list[str]:
+    return ["val_accuracy"] + [OBJECTIVE_METRICS[o] for o in space.search.objectives]
+
+
+def directions(space: Space) -> list[str]:
+    return ["maximize"] + ["minimize"] * len(space.search.objectives)
+
+
+def create_or_load_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                         allow_space_change: bool = False) -> optuna.Study:
+    """The study of ``space``: created on first use, loaded (and checked against the space) afterwards."""
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    store = open_storage(url)
+    new_hash = space_hash(space)
+    with quiet_optuna():
+        existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}
+        if name in existing:
+            study = optuna.load_study(study_name=name, storage=store)
+            old_hash = study.user_attrs.get(ATTR_HASH)
+            if old_hash is None:
+                raise StudyError(Problem(f"study {name!r} in {url} was not made by autokd; "
+                                         "choose another name with --study", file="--study"))
+            if [d.name.lower() for d in study.directions] != directions(space):
+                raise StudyError(Problem(f"study {name!r} in {url} optimizes {len(study.directions)} objectives, "
+                                         f"this space {len(directions(space))}; use --study NEW_NAME",
+                                         file="search.objectives"))
+            if old_hash != new_hash:
+                if not allow_space_change:
+                    raise StudyError(Problem(
+                        f"study {name!r} in {url} was created from a different space (hash {old_hash}, now "
+                        f"{new_hash}); start a new study with --study NEW_NAME or --storage URL, or continue this "
+                        "one with --allow-space-change", file=space.source or "space"))
+                history = list(study.user_attrs.get("autokd.space_history", [])) + [old_hash]
+                study.set_user_attr("autokd.space_history", history)
+                study.set_user_attr(ATTR_HASH, new_hash)
+                study.set_user_attr(ATTR_SPACE, to_dict(space))
+            return study
+        study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
+                                    sampler=make_sampler(space))
+        study.set_metric_names(metric_names(space))
+        study.set_user_attr(ATTR_SPACE, to_dict(space))
+        study.set_user_attr(ATTR_HASH, new_hash)
+        study.set_user_attr(ATTR_VERSION, __version__)
+        return study
+
+
+def load_study(*, storage: str, study_name: str) -> tuple[optuna.Study, Space]:
+    """Load an existing autokd study and the space it was made from (for reports)."""
+    store = open_storage(storage, create=False)
+    with quiet_optuna():
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)]
+        if study_name not in names:
+            from autokd.space import _hint
+
+            raise StudyError(Problem(f"no study {study_name!r} in {storage}{_hint(study_name, names)}",
+                                     file="--study"))
+        study = optuna.load_study(study_name=study_name, storage=store)
+    data = study.user_attrs.get(ATTR_SPACE)
+    if data is None:
+        raise StudyError(Problem(f"study {study_name!r} was not made by autokd", file="--study"))
+    return study, space_from_dict(data)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
+    """Fail RUNNING trials whose worker process on this host is gone, and enqueue their parameters again."""
+    host = socket.gethostname()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        whost, _, pid = worker.rpartition(":")
+        if whost != host or not pid.isdigit() or _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        with quiet_optuna():
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died (stale trial)")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        recovered.append(t.number)
+        progress("study.stale", number=t.number)
+    return recovered
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AutokdError(Problem("CUDA is not available on this machine (use --device cpu or auto)",
+                                  file="--device"))
+    if device not in ("cpu", "cuda"):
+        raise AutokdError(Problem(f"unknown device {device!r} (valid: auto, cpu, cuda)", file="--device"))
+    return torch.device(device)
+
+
+def kd_possible(space: Space) -> bool:
+    """Whether any trial of the space can distil (so the teacher is needed before trial 0)."""
+    for d in dimensions(space):
+        if d.path == "distill.kd":
+            return True in d.choices
+    return bool(space.distill.kd)
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    storage: str
+    complete: int
+    target: int
+    failed_this_run: int
+    ran_this_run: int
+    stopped: str  # "done" | "timeout" | "max_failures"
+    teacher_source: str | None = None
+    teacher_accuracy: float | None = None
+    last_error: str | None = None
+    states: dict[str, int] = field(default_factory=dict)
+
+
+def run_search(space: Space, *, storage: str | None = None, study_name: str | None = None,
+               timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
+               allow_space_change: bool = False, progress: ProgressCallback = silent) -> SearchResult:
+    """Run (or resume) the study of ``space`` until it holds ``search.n_trials`` COMPLETE trials."""
+    dev = resolve_device(device)
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    recover_stale_trials(study, progress=progress)
+    target = space.search.n_trials
+    complete = count_states(study).get("COMPLETE", 0)
+    progress("study.resume", complete=complete, target=target, trials=len(study.trials), storage=url, study=name)
+    result = SearchResult(study, url, complete, target, 0, 0, "done")
+    if complete >= target:
+        result.states = count_states(study)
+        return result
+
+    data = load_dataset(space.dataset).to(dev)
+    study.set_user_attr("autokd.dataset_sizes", data.sizes)
+    teacher = None
+    if kd_possible(space):
+        teacher = get_teacher(space, data, cache_dir=cache_dir, device=dev, progress=progress)
+        result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
+    study.sampler = make_sampler(space, n_existing=len(study.trials))
+    objective = Objective(space, data, teacher=teacher, device=dev, artifacts=artifacts_dir(url, name),
+                          progress=progress)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with quiet_optuna():
+        while complete < target:
+            if deadline is not None and time.monotonic() >= deadline:
+                result.stopped = "timeout"
+                break
+            if result.failed_this_run >= space.search.max_failures:
+                result.stopped = "max_failures"
+                break
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            except KeyboardInterrupt:
+                _requeue_interrupted(study)
+                raise
+            last = study.trials[-1]
+            result.ran_this_run += 1
+            if last.state == TrialState.FAIL:
+                result.failed_this_run += 1
+                result.last_error = last.user_attrs.get("fail_reason")
+            complete = count_states(study).get("COMPLETE", 0)
+    result.complete = complete
+    result.states = count_states(study)
+    return result
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """After Ctrl-C, put the interrupted trial's parameters back in the queue so a rerun starts with them."""
+    for t in reversed(study.get_trials(deepcopy=False)):
+        if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:
+            if t.state == TrialState.RUNNING:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        break
+
+
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """Plain data of every trial (the input of the report functions)."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        records.append({
+            "number": t.number,
+            "state": t.state.name,
+            "values": list(t.values) if t.values is not None else None,
+            "params": dict(t.params),
+            "metrics": dict(t.user_attrs.get("metrics", {})),
+            "settings": dict(t.user_attrs.get("settings", {})),
+            "seconds": t.user_attrs.get("seconds"),
+            "fail_reason": t.user_attrs.get("fail_reason"),
+        })
+    return records

@@ -1,0 +1,121 @@
+"""The one training loop: seeded, in-memory batches, SGD or AdamW, cosine or one-cycle, optional label smoothing,
+and Hinton's KD term when the teacher's logits are given.
+
+Teacher logits are precomputed per training image (see :mod:`autokd.teacher`), so a KD step costs the same as a
+plain step plus one small loss: the teacher never runs inside this loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autokd.distill import kd_loss
+
+EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What the KD term needs: the teacher's logits for every training image (same order as ``x``)."""
+
+    logits: torch.Tensor
+    temperature: float
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Optim:
+    """Optimizer and schedule settings of one training phase."""
+
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+
+    @classmethod
+    def from_train(cls, train, *, epochs: int | None = None, lr: float | None = None) -> Optim:
+        """From a resolved ``TrainSpec`` (epochs / lr overridable for a phase)."""
+        return cls(epochs=train.epochs if epochs is None else epochs, lr=train.lr if lr is None else lr,
+                   optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
+                   schedule=train.schedule, label_smoothing=train.label_smoothing, batch_size=train.batch_size)
+
+
+def make_optimizer(model: nn.Module, opt: Optim) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
+    if opt.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    raise ValueError(f"unknown optimizer {opt.optimizer!r} (valid: sgd, adamw)")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, opt: Optim, steps: int):
+    if opt.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    if opt.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opt.lr, total_steps=steps)
+    raise ValueError(f"unknown schedule {opt.schedule!r} (valid: cosine, onecycle)")
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, seed: int,
+        distill: Distillation | None = None, on_epoch: EpochCallback | None = None) -> list[float]:
+    """Train ``model`` in place on in-memory tensors; returns the mean loss of each epoch.
+
+    ``seed`` fixes the data order (a KD trial and its KD-off twin see the same batches).
+    """
+    if opt.epochs < 1:
+        return []
+    n = len(y)
+    if distill is not None and len(distill.logits) != n:
+        raise ValueError(f"teacher logits cover {len(distill.logits)} images, training set has {n}")
+    steps_per_epoch = max(1, math.ceil(n / opt.batch_size))
+    optimizer = make_optimizer(model, opt)
+    schedule = make_schedule(optimizer, opt, opt.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for epoch in range(opt.epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        total = torch.zeros((), device=x.device)
+        for i in range(steps_per_epoch):
+            idx = order[i * opt.batch_size:(i + 1) * opt.batch_size]
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; fold a lone straggler into nothing
+                continue
+            out = model(x[idx])
+            if distill is None:
+                loss = F.cross_entropy(out, y[idx], label_smoothing=opt.label_smoothing)
+            else:
+                loss = kd_loss(out, distill.logits[idx], y[idx], temperature=distill.temperature,
+                               alpha=distill.alpha, label_smoothing=opt.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.detach() * len(idx)
+        losses.append(float(total) / n)
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"training diverged (loss {losses[-1]}) in epoch {epoch + 1}; lower train.lr")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, opt.epochs, losses[-1])
+    return losses
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+        torch.empty(0)
+    model.train(was_training)
+    return out
