@@ -1,7 +1,9 @@
 """MobileNetV2 (Sandler et al. 2018) as data: a stage table scaled by the NAS choices.
 
-``conv: depthwise`` is the paper's cheap convolution (a k×k depthwise conv between the 1×1 expansion and projection);
-``conv: standard`` puts a full k×k convolution in the same place, which is what Park et al. compare against.
+``conv: depthwise`` is the paper's cheap convolution: 1×1 expansion, k×k depthwise conv, 1×1 projection.
+``conv: standard`` replaces the expansion and the depthwise conv by one full k×k convolution (the fused block of
+EfficientNetV2), so the block does the same job with a standard convolution. (A full k×k conv between the expanded
+channels instead would cost ~30× the FLOPs and dominate any budget.)
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(conv_bn(cin, hidden, 1))
-        groups = hidden if conv == "depthwise" else 1
-        layers.append(conv_bn(hidden, hidden, kernel_size, stride, groups=groups))
+        if conv == "depthwise":
+            if expand != 1:
+                layers.append(conv_bn(cin, hidden, 1))
+            layers.append(conv_bn(hidden, hidden, kernel_size, stride, groups=hidden))
+        elif conv == "standard":
+            layers.append(conv_bn(cin, hidden, kernel_size, stride))
+        else:
+            raise ValueError(f"unknown conv {conv!r} (valid: depthwise, standard)")
         layers.append(conv_bn(hidden, cout, 1, act=False))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout

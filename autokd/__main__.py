@@ -1,0 +1,5 @@
+"""``python -m autokd`` runs the CLI."""
+
+from autokd.cli import entry
+
+entry()
