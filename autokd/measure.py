@@ -47,3 +47,41 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, di
 
 def flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return layer_flops(model, input_shape)[0]
+
+
+def _bitops_of(model: nn.Module, per_leaf: dict[str, int]) -> int:
+    from autokd.compress.quantize import layer_bits
+
+    # MACs = FlopCounterMode FLOPs / 2; a layer never run in the forward costs nothing.
+    return sum(per_leaf.get(name, 0) // 2 * w * a for name, (w, a) in layer_bits(model).items())
+
+
+def bitops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """BitOps of one input (Σ over Conv2d / Linear layers of MACs × weight bits × activation bits).
+
+    The usual cost of mixed-precision networks (as in HAQ / DNAS papers): FLOPs alone cannot tell a 4-bit model
+    from a 32-bit one. Unquantized layers count 32 × 32; other ops (BatchNorm, adds, pooling) are left out, as
+    FlopCounterMode leaves them out of FLOPs.
+    """
+    return _bitops_of(model, layer_flops(model, input_shape)[1])
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Storage of the parameters: quantized layers' weights at their weight bits, everything else at 32 bits.
+
+    Biases, BatchNorm and unquantized weights are counted at 32 bits (they stay float in integer inference);
+    per-channel scales and the activation ranges (buffers) are not counted.
+    """
+    from autokd.compress.quantize import layer_bits
+
+    modules = dict(model.named_modules())
+    low_bit = {id(modules[name].weight): w for name, (w, _) in layer_bits(model).items()}
+    total_bits = sum(p.numel() * low_bit.get(id(p), 32) for p in model.parameters())
+    return -(-total_bits // 8)
+
+
+def cost_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """``{"flops", "bitops", "size_bytes", "params"}`` of ``model`` for one input of ``input_shape`` (C, H, W)."""
+    total, per_leaf = layer_flops(model, input_shape)
+    return {"flops": float(total), "bitops": float(_bitops_of(model, per_leaf)),
+            "size_bytes": float(size_bytes(model)), "params": float(count_params(model))}
