@@ -53,8 +53,9 @@ class Splits:
 
 
 def dataset_key(dataset_spec: Any) -> str:
-    """A stable hash of a dataset block (what the teacher cache keys on)."""
-    return hashlib.sha256(json.dumps(dataset_spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """A stable hash of what a dataset block selects (not where it lives: root and download are left out)."""
+    data = dataset_spec.model_dump(mode="json", exclude={"root", "download"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_dataset(dataset_spec: Any) -> Splits:
@@ -165,3 +166,38 @@ _LOADERS = {
     "cifar100": _torchvision("CIFAR100", channels_last=True),
     "imagefolder": _imagefolder,
 }
+
+
+# Natural images get flips; digits and clothing keep their orientation.
+FLIP_DATASETS = {"cifar10", "cifar100", "imagefolder"}
+
+
+def augment_pool(x: torch.Tensor, *, views: int, seed: int, flip: bool, max_shift: int | None = None) -> torch.Tensor:
+    """A fixed pool of ``views`` augmented copies of ``x`` (N, C, H, W) -> (views, N, C, H, W).
+
+    Each view shifts every image by a random offset of up to ``max_shift`` pixels (default: 1/8 of the side,
+    zero-padded, i.e. a padded random crop) and, with ``flip``, mirrors it with probability 1/2. Drawing the pool
+    once from the seed is what lets the teacher's logits over it be computed once and cached (as FKD, Shen & Xing
+    2022, stores soft labels of random crops): a KD step then costs no teacher forward pass, and a KD trial and
+    its KD-off twin see exactly the same views.
+    """
+    if views < 1:
+        raise ValueError(f"views must be >= 1 (got {views})")
+    n, _, h, w = x.shape
+    shift = max(1, round(min(h, w) / 8)) if max_shift is None else max_shift
+    gen = torch.Generator().manual_seed(seed)
+    padded = F.pad(x, (shift, shift, shift, shift))
+    out = torch.empty((views, *x.shape), dtype=x.dtype, device=x.device)
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    for v in range(views):
+        dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).to(x.device)
+        flips = (torch.rand(n, generator=gen) < 0.5).to(x.device) if flip else torch.zeros(n, dtype=torch.bool,
+                                                                                          device=x.device)
+        r = (dy[:, None] + rows[None, :])  # (n, h)
+        c = (dx[:, None] + cols[None, :])  # (n, w)
+        c = torch.where(flips[:, None], c.flip(1), c)
+        idx_n = torch.arange(n, device=x.device)[:, None, None]
+        out[v] = padded.permute(0, 2, 3, 1)[idx_n, r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2)
+    return out

@@ -1,4 +1,5 @@
-"""One trial: sampling -> build -> train (with KD when on) -> measure, and the record it leaves in the study.
+"""One trial: sampling -> build -> dense training -> prune -> quantize -> fine-tune (QAT) -> measure, with KD (when
+on) in both training phases, and the record the trial leaves in the study.
 
 :func:`run_config` is the pipeline as a plain function of a resolved :class:`~autokd.sampling.TrialConfig`
 (usable without Optuna); :class:`Objective` wraps it for ``study.optimize``: it samples the configuration, records
@@ -17,18 +18,47 @@ from typing import Any
 import torch
 from torch import nn
 
-from autokd.data import Splits
-from autokd.measure import accuracy, count_params, flops
+from autokd.compress import prune_model, quantize_model
+from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
+from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.progress import ProgressCallback, silent
 from autokd.sampling import TrialConfig, sample
-from autokd.space import Space
-from autokd.teacher import Teacher
+from autokd.space import Choices, Space
+from autokd.teacher import Teacher, pool_logits
 from autokd.train import Distillation, Optim, fit
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
-OBJECTIVE_METRICS = {"flops": "flops", "params": "params"}
+OBJECTIVE_METRICS = {"flops": "flops", "bitops": "bitops", "size": "size_bytes", "params": "params"}
 TRIAL_FORMAT = 1
+CALIBRATION_IMAGES = 256  # images whose gradients rank channels for Taylor pruning
+
+
+@dataclass
+class TrialInputs:
+    """What every trial of a search shares, prepared once: the data, the teacher, and (when augmentation can be
+    on) the fixed view pool with the teacher's logits over it."""
+
+    data: Splits
+    teacher: Teacher | None = None
+    pool: torch.Tensor | None = None
+    pool_logits: torch.Tensor | None = None
+
+
+def prepare_inputs(space: Space, data: Splits, *, teacher: Teacher | None = None,
+                   progress: ProgressCallback = silent) -> TrialInputs:
+    """Build the view pool (if any trial can augment) and the teacher's cached logits over it."""
+    aug = space.train.augment
+    can_augment = True in aug.choices if isinstance(aug, Choices) else bool(aug)
+    if not can_augment:
+        return TrialInputs(data, teacher)
+    views, seed, flip = space.train.augment_views, space.train.seed, data.name in FLIP_DATASETS
+    pool = augment_pool(data.train_x, views=views, seed=seed, flip=flip)
+    logits = None
+    if teacher is not None:
+        pool_key = f"{dataset_key(space.dataset)}-{views}-{seed}-{int(flip)}"
+        logits = pool_logits(teacher, pool, pool_key=pool_key, progress=progress)
+    return TrialInputs(data, teacher, pool, logits)
 
 
 @dataclass
@@ -37,32 +67,51 @@ class TrialOutcome:
     metrics: dict[str, float]
 
 
-def run_config(cfg: TrialConfig, data: Splits, *, teacher: Teacher | None = None, device: str | torch.device = "cpu",
+def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, device: str | torch.device = "cpu",
                progress: ProgressCallback = silent) -> TrialOutcome:
-    """Build, train and measure the model that ``cfg`` describes.
+    """Build, train, compress, fine-tune and measure the model that ``cfg`` describes.
 
-    ``teacher`` is required when ``cfg.distill.kd`` is true; its cached logits stand in for running it per batch.
+    Every configuration trains ``train.epochs`` dense epochs plus ``compress.finetune_epochs`` fine-tune epochs,
+    whether or not it prunes or quantizes, so accuracy differences come from the techniques and not from extra
+    training. KD (when on) is used in both phases, from the teacher's cached logits.
     """
-    use_kd = bool(cfg.distill.kd)
-    if use_kd and teacher is None:
+    if isinstance(inputs, Splits):
+        inputs = TrialInputs(inputs)
+    data, c = inputs.data, cfg.compress
+    use_kd, augment = bool(cfg.distill.kd), bool(cfg.train.augment)
+    if use_kd and inputs.teacher is None:
         raise ValueError("distill.kd is true but no teacher was given")
+    if augment and inputs.pool is None:
+        raise ValueError("train.augment is true but no view pool was prepared (use prepare_inputs)")
+    x = inputs.pool if augment else data.train_x
+    distill = None
+    if use_kd:
+        logits = inputs.pool_logits if augment else inputs.teacher.train_logits
+        distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha)
+
     torch.manual_seed(cfg.train.seed)
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-    distill = Distillation(teacher.train_logits, cfg.distill.temperature, cfg.distill.alpha) if use_kd else None
 
-    opt = Optim.from_train(cfg.train)
-    progress("trial.phase", phase="train", epochs=opt.epochs)
-    fit(model, data.train_x, data.train_y, opt, seed=cfg.train.seed, distill=distill,
-        on_epoch=lambda e, n, loss: progress("trial.epoch", phase="train", epoch=e, epochs=n, loss=loss))
+    def phase(name: str, opt: Optim, seed: int) -> None:
+        progress("trial.phase", phase=name, epochs=opt.epochs)
+        fit(model, x, data.train_y, opt, seed=seed, distill=distill,
+            on_epoch=lambda e, n, loss: progress("trial.epoch", phase=name, epoch=e, epochs=n, loss=loss))
+
+    phase("train", Optim.from_train(cfg.train), cfg.train.seed)
+    if c.prune_ratio > 0:
+        calib = (data.train_x[:CALIBRATION_IMAGES], data.train_y[:CALIBRATION_IMAGES])
+        model = prune_model(model, ratio=c.prune_ratio, method=c.prune_method, example_input=data.train_x[:1],
+                            round_to=c.round_to, calibration=calib)
+    if c.bits != 32:
+        model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
+    if c.finetune_epochs:
+        lr = c.finetune_lr if c.finetune_lr is not None else cfg.train.lr / 2
+        phase("finetune", Optim.from_train(cfg.train, epochs=c.finetune_epochs, lr=lr), cfg.train.seed + 1)
 
     model.eval()
-    shape = tuple(data.train_x.shape[1:])
-    metrics = {
-        "val_accuracy": accuracy(model, data.val_x, data.val_y),
-        "test_accuracy": accuracy(model, data.test_x, data.test_y),
-        "flops": float(flops(model, shape)),
-        "params": float(count_params(model)),
-    }
+    metrics = {"val_accuracy": accuracy(model, data.val_x, data.val_y),
+               "test_accuracy": accuracy(model, data.test_x, data.test_y),
+               **cost_metrics(model, tuple(data.train_x.shape[1:]))}
     return TrialOutcome(model, metrics)
 
 
@@ -90,19 +139,22 @@ def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 class Objective:
     """The callable given to ``study.optimize``: one trial end to end."""
 
-    def __init__(self, space: Space, data: Splits, *, teacher: Teacher | None, device: str | torch.device,
-                 artifacts: Path | None, progress: ProgressCallback = silent):
-        self.space, self.data, self.teacher = space, data, teacher
+    def __init__(self, space: Space, inputs: TrialInputs, *, device: str | torch.device, artifacts: Path | None,
+                 progress: ProgressCallback = silent):
+        self.space, self.inputs = space, inputs
         self.device, self.artifacts, self.progress = device, artifacts, progress
 
     def __call__(self, trial: Any) -> list[float]:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: stale-trial recovery
         cfg = sample(self.space, trial)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("settings", cfg.settings())
         self.progress("trial.start", number=trial.number, params=cfg.params)
         start = time.perf_counter()
         try:
-            outcome = run_config(cfg, self.data, teacher=self.teacher, device=self.device, progress=self.progress)
+            outcome = run_config(cfg, self.inputs, device=self.device, progress=self.progress)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -112,8 +164,8 @@ class Objective:
         metrics = outcome.metrics
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("seconds", round(seconds, 3))
-        if self.teacher is not None and cfg.distill.kd:
-            trial.set_user_attr("teacher", self.teacher.key)
+        if self.inputs.teacher is not None and cfg.distill.kd:
+            trial.set_user_attr("teacher", self.inputs.teacher.key)
         if self.artifacts is not None:
             path = self.artifacts / "trials" / f"{trial.number}.pt"
             save_trial_model(path, outcome.model, number=trial.number, params=cfg.params, settings=cfg.settings(),

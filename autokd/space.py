@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
 from autokd.errors import Problem, SpaceError
 
@@ -61,14 +61,19 @@ def _kind(value: Any) -> str:
     return "<fixed>"
 
 
-# Tags start with "<" so that error locations can drop them (see _dotted).
+class NotARange(BaseModel):
+    """What a ``{low:, high:}`` on a categorical field validates against: always one clear error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        raise ValueError("this field takes a fixed value or {choices: [...]}, not a range")
+
+
+# Tags start with "<" so that error locations can drop them (see _clean_loc).
 def _searchable(base: Any, *, numeric: bool) -> Any:
-    members: list[Any] = [Annotated[base, Tag("<fixed>")], Annotated[Choices[base], Tag("<choices>")]]
-    if numeric:
-        members.append(Annotated[Range[base], Tag("<range>")])
-    else:
-        # A range on a categorical field is routed to Choices, whose errors then say what is expected.
-        members.append(Annotated[Choices[base], Tag("<range>")])
+    members: list[Any] = [Annotated[base, Tag("<fixed>")], Annotated[Choices[base], Tag("<choices>")],
+                          Annotated[Range[base] if numeric else NotARange, Tag("<range>")]]
     return Annotated[Union[tuple(members)], Discriminator(_kind)]
 
 
@@ -101,8 +106,7 @@ class ModelSpec(_Strict):
     depth_mult: SFloat = 1.0
     kernel_size: SInt = 3
     expand_ratio: SInt = 6
-    conv: Annotated[Union[Annotated[Conv, Tag("<fixed>")], Annotated[Choices[Conv], Tag("<choices>")],
-                          Annotated[Choices[Conv], Tag("<range>")]], Discriminator(_kind)] = "depthwise"
+    conv: _searchable(Conv, numeric=False) = "depthwise"
     dropout: SFloat = 0.0
     stages: str = Field("small", description="Stage table of the family: 'small' (8-16 px images) or 'cifar' (32 px).")
 
@@ -116,6 +120,7 @@ class TeacherSpec(_Strict):
     epochs: int = Field(15, ge=1)
     lr: float = Field(0.05, gt=0)
     checkpoint: str | None = Field(None, description="A state_dict (.pt) of this architecture to load instead of training.")
+    ensemble: int = Field(1, ge=1, le=16, description="Teachers trained with different seeds; KD uses their mean logits.")
 
 
 class DistillSpec(_Strict):
@@ -132,19 +137,40 @@ class TrainSpec(_Strict):
 
     epochs: int = Field(10, ge=1, description="Training epochs of every trial.")
     batch_size: int = Field(64, ge=1)
-    optimizer: Annotated[Union[Annotated[Literal["sgd", "adamw"], Tag("<fixed>")],
-                               Annotated[Choices[Literal["sgd", "adamw"]], Tag("<choices>")],
-                               Annotated[Choices[Literal["sgd", "adamw"]], Tag("<range>")]],
-                         Discriminator(_kind)] = "sgd"
+    optimizer: _searchable(Literal["sgd", "adamw"], numeric=False) = "sgd"
     lr: SFloat = 0.05
     weight_decay: SFloat = 5e-4
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["cosine", "onecycle"] = "cosine"
     label_smoothing: SFloat = 0.0
-    seed: int = Field(0, description="Initialization and data order of every trial.")
+    augment: SBool = Field(False, description="Random shifts (and flips/crops on natural images) from a view pool.")
+    augment_views: int = Field(4, ge=1, le=64, description="Augmented views per training image, drawn once "
+                               "from the seed; the teacher's logits over them are cached.")
+    grad_clip: float | None = Field(5.0, gt=0, description="Clip the gradient norm (keeps low-bit QAT stable).")
+    seed: int = Field(0, description="Initialization, data order and augmentation of every trial.")
 
 
-Objective = Literal["flops", "params"]
+PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale"]
+
+
+class CompressSpec(_Strict):
+    """Structured pruning and quantization-aware training, run after dense training as a fine-tune phase.
+
+    Every configuration trains ``train.epochs + finetune_epochs`` epochs in all, pruned/quantized or not.
+    """
+
+    prune_ratio: SFloat = Field(0.0, description="Share of channels removed per layer (0 = no pruning).")
+    prune_method: PruneMethod = "l1"
+    round_to: int = Field(1, ge=1, description="Round pruned channel counts to a multiple of this.")
+    bits: SInt = Field(32, description="Weight bits (2-8), or 32 for no quantization.")
+    act_bits: int | None = Field(None, ge=2, le=8, description="Activation bits of quantized layers "
+                                 "[default: bits, but at least 4: min/max-ranged 2-3 bit activations collapse].")
+    keep_first_last: bool = Field(True, description="Keep the first conv and the classifier at 8 bits.")
+    finetune_epochs: int = Field(2, ge=0, description="Epochs after pruning/quantization (run by every trial).")
+    finetune_lr: float | None = Field(None, gt=0, description="Fine-tune learning rate [default: train.lr / 2].")
+
+
+Objective = Literal["flops", "bitops", "size", "params"]
 
 
 class SearchSpec(_Strict):
@@ -158,6 +184,8 @@ class SearchSpec(_Strict):
     startup_trials: int = Field(6, ge=0, description="Random trials before TPE models the space.")
     population_size: int = Field(8, ge=2, description="NSGA-II population size.")
     max_failures: int = Field(5, ge=1, description="Stop after this many FAIL trials in one run.")
+    kd_twins: bool | None = Field(None, description="Run every trial's twin with distill.kd flipped "
+                                  "[default: true when distill.kd is searched].")
 
 
 class Space(_Strict):
@@ -169,6 +197,7 @@ class Space(_Strict):
     model: ModelSpec = ModelSpec()
     distill: DistillSpec = DistillSpec()
     train: TrainSpec = TrainSpec()
+    compress: CompressSpec = CompressSpec()
     search: SearchSpec = SearchSpec()
 
     _source: str | None = PrivateAttr(None)
@@ -238,7 +267,7 @@ def _walk(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def dimensions(space: Space) -> list[Dimension]:
-    """The searched fields of ``space``, in file order."""
+    """The searched fields of ``space``, in schema order (dataset, model, distill, train, compress, search)."""
     dims = []
     for path, value in _walk(space):
         if isinstance(value, Choices):
@@ -312,7 +341,9 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "train.lr": (0.0, math.inf, False, False),
     "train.weight_decay": (0.0, math.inf, True, False),
     "train.label_smoothing": (0.0, 1.0, True, False),
+    "compress.prune_ratio": (0.0, 1.0, True, False),
 }
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 
 
 def _candidates(value: Any) -> list[Any]:
@@ -357,6 +388,9 @@ def check_bounds(space: Space) -> CheckResult:
             if not ok:
                 interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
                 out.append((path, f"{v} is out of range (valid: {interval})"))
+    for v in _candidates(values["compress.bits"]):
+        if v not in QUANT_BITS:
+            out.append(("compress.bits", f"{v} is not a supported bit width (valid: 2-8, or 32 for none)"))
     for v in _candidates(values["model.kernel_size"]):
         if isinstance(v, int) and v % 2 == 0:
             out.append(("model.kernel_size", f"{v} must be odd (valid: 1, 3, 5, 7, ...)"))
@@ -394,16 +428,45 @@ def check_dataset(space: Space) -> CheckResult:
     return out
 
 
+def check_teacher(space: Space) -> CheckResult:
+    """A checkpoint is one teacher."""
+    t = space.distill.teacher
+    if t.checkpoint and t.ensemble > 1:
+        return [("distill.teacher.ensemble", "a checkpoint teacher cannot be an ensemble (set ensemble: 1)")]
+    return []
+
+
 def check_search(space: Space) -> CheckResult:
-    """Objectives are distinct."""
+    """Objectives are distinct; KD twins need distill.kd to be searched."""
+    out: CheckResult = []
     objs = space.search.objectives
     if len(set(objs)) != len(objs):
-        return [("search.objectives", "objectives must be distinct")]
+        out.append(("search.objectives", "objectives must be distinct"))
+    kd = space.distill.kd
+    if space.search.kd_twins and not (isinstance(kd, Choices) and set(kd.choices) == {True, False}):
+        out.append(("search.kd_twins", "twins flip distill.kd, so distill.kd must be {choices: [true, false]}"))
+    return out
+
+
+def check_compress(space: Space) -> CheckResult:
+    """Searching compression needs a fine-tune phase to recover in."""
+    c = space.compress
+    if c.finetune_epochs == 0 and (any(v for v in _candidates(c.prune_ratio)) or
+                                   any(v != 32 for v in _candidates(c.bits))):
+        return [("compress.finetune_epochs", "pruning and quantization need finetune_epochs >= 1")]
     return []
 
 
 CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
-                                                check_search]
+                                                check_teacher, check_search, check_compress]
+
+
+def kd_twins_enabled(space: Space) -> bool:
+    """``search.kd_twins``, defaulting to true when distill.kd is searched over both values."""
+    if space.search.kd_twins is not None:
+        return space.search.kd_twins
+    kd = space.distill.kd
+    return isinstance(kd, Choices) and set(kd.choices) == {True, False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +486,15 @@ _Loader.add_implicit_resolver(
                     |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+
+
+# YAML 1.2 booleans: true/false only ("no", "on", "yes", "off" stay strings, as in YAML 1.2).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
@@ -553,14 +625,19 @@ def _clean_loc(loc: Sequence[Any]) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("<") or "[" in p)))
 
 
+_DIMENSION_FIELDS = {"<choices>": ["choices"], "<range>": ["low", "high", "step", "log"]}
+
+
 def _message(err: dict[str, Any], loc: tuple) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     value = err.get("input")
     if kind == "extra_forbidden":
-        model = _model_at(loc)
-        valid = list(model.model_fields) if model else []
-        if loc and isinstance(loc[-1], str) and loc[-1] in ("low", "high", "step", "log"):
-            return "this field takes a fixed value or {choices: [...]}, not a range"
+        tags = [p for p in err["loc"] if isinstance(p, str) and p in _DIMENSION_FIELDS]
+        if tags:  # inside {choices: ...} or {low: ..., high: ...}
+            valid = _DIMENSION_FIELDS[tags[-1]]
+        else:
+            model = _model_at(loc)
+            valid = list(model.model_fields) if model else []
         return f"unknown field{_hint(loc[-1], valid)}"
     if kind == "missing":
         return "required field is missing"
@@ -568,7 +645,9 @@ def _message(err: dict[str, Any], loc: tuple) -> str:
         expected = re.findall(r"'([^']*)'|(\d+)", ctx.get("expected", ""))
         options = [a or b for a, b in expected]
         return f"{value!r} is not valid{_hint(value, options)}"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return msg
     if kind == "string_pattern_mismatch":
         msg = "use letters, digits, '.', '_' and '-' only"
     shown = value if not isinstance(value, (dict, list)) else type(value).__name__
@@ -576,9 +655,12 @@ def _message(err: dict[str, Any], loc: tuple) -> str:
 
 
 def _locate(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    # YAML keys are kept as written (strings); pydantic reports an int key as an int.
+    by_text = {tuple(map(str, k)): v for k, v in lines.items()}
     for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
+        key = tuple(map(str, loc[:n]))
+        if key in by_text:
+            return by_text[key]
     return None
 
 
@@ -605,9 +687,14 @@ def validate_data(data: Any, *, source: str | None = None, lines: dict[tuple, in
     try:
         space = Space.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+        typos = {(_clean_loc(e["loc"])[:-1], m) for e in errors if e["type"] == "extra_forbidden"
+                 for m in difflib.get_close_matches(str(e["loc"][-1]), ["choices", "low", "high"], n=1, cutoff=0.6)}
         problems = []
-        for err in exc.errors():
+        for err in errors:
             loc = _clean_loc(err["loc"])
+            if err["type"] == "missing" and (loc[:-1], loc[-1]) in typos:
+                continue
             problems.append(_problem(loc, _message(err, loc), source, lines, parsed))
         raise SpaceError(_dedupe(problems)) from None
     problems = []

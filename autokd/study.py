@@ -7,6 +7,8 @@
   parameters enqueued again, instead of waiting for a heartbeat grace period.
 - Space identity: a canonical hash of the space (budget fields left out) is stored in the study; a different space
   is refused unless ``allow_space_change``.
+- KD twins: with ``search.kd_twins``, every COMPLETE trial's twin (same settings and seed, ``distill.kd``
+  flipped) is enqueued unless it exists, and runs next; a resumed study completes missing twins first.
 - Seeds: the sampler's seed is derived from ``search.seed`` and the number of trials already in the study, so a
   resumed study does not re-propose the first trials' parameters.
 """
@@ -31,9 +33,9 @@ from optuna.trial import TrialState
 from autokd import __version__
 from autokd.data import load_dataset
 from autokd.errors import AutokdError, Problem, StudyError
-from autokd.objective import OBJECTIVE_METRICS, Objective
+from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs
 from autokd.progress import ProgressCallback, silent
-from autokd.space import Space, dimensions, space_from_dict, space_hash, to_dict
+from autokd.space import Space, dimensions, kd_twins_enabled, space_from_dict, space_hash, to_dict
 from autokd.teacher import get_teacher
 
 STUDIES_DIR = Path("studies")
@@ -120,41 +122,56 @@ def directions(space: Space) -> list[str]:
     return ["maximize"] + ["minimize"] * len(space.search.objectives)
 
 
+def check_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                allow_space_change: bool = False) -> None:
+    """Raise :class:`StudyError` if the study exists and cannot continue with ``space`` (creates nothing)."""
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    store = open_storage(url)
+    with quiet_optuna():
+        if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
+            _checked_load(space, store, url, name, allow_space_change, update=False)
+
+
+def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_change: bool, *,
+                  update: bool) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=store)
+    new_hash = space_hash(space)
+    old_hash = study.user_attrs.get(ATTR_HASH)
+    if old_hash is None:
+        raise StudyError(Problem(f"study {name!r} in {url} was not made by autokd; choose another name with --study",
+                                 file="--study"))
+    if [d.name.lower() for d in study.directions] != directions(space):
+        raise StudyError(Problem(f"study {name!r} in {url} optimizes {len(study.directions)} objectives, this space "
+                                 f"{len(directions(space))}; use --study NEW_NAME", file="search.objectives"))
+    if old_hash != new_hash:
+        if not allow_space_change:
+            raise StudyError(Problem(
+                f"study {name!r} in {url} was created from a different space (hash {old_hash}, now {new_hash}); "
+                "start a new study with --study NEW_NAME or --storage URL, or continue this one with "
+                "--allow-space-change", file=space.source or "space"))
+        if update:
+            history = list(study.user_attrs.get("autokd.space_history", [])) + [old_hash]
+            study.set_user_attr("autokd.space_history", history)
+            study.set_user_attr(ATTR_HASH, new_hash)
+            study.set_user_attr(ATTR_SPACE, to_dict(space))
+    return study
+
+
 def create_or_load_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
                          allow_space_change: bool = False) -> optuna.Study:
     """The study of ``space``: created on first use, loaded (and checked against the space) afterwards."""
     name = study_name or space.name
     url = storage or default_storage(name)
     store = open_storage(url)
-    new_hash = space_hash(space)
     with quiet_optuna():
-        existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}
-        if name in existing:
-            study = optuna.load_study(study_name=name, storage=store)
-            old_hash = study.user_attrs.get(ATTR_HASH)
-            if old_hash is None:
-                raise StudyError(Problem(f"study {name!r} in {url} was not made by autokd; "
-                                         "choose another name with --study", file="--study"))
-            if [d.name.lower() for d in study.directions] != directions(space):
-                raise StudyError(Problem(f"study {name!r} in {url} optimizes {len(study.directions)} objectives, "
-                                         f"this space {len(directions(space))}; use --study NEW_NAME",
-                                         file="search.objectives"))
-            if old_hash != new_hash:
-                if not allow_space_change:
-                    raise StudyError(Problem(
-                        f"study {name!r} in {url} was created from a different space (hash {old_hash}, now "
-                        f"{new_hash}); start a new study with --study NEW_NAME or --storage URL, or continue this "
-                        "one with --allow-space-change", file=space.source or "space"))
-                history = list(study.user_attrs.get("autokd.space_history", [])) + [old_hash]
-                study.set_user_attr("autokd.space_history", history)
-                study.set_user_attr(ATTR_HASH, new_hash)
-                study.set_user_attr(ATTR_SPACE, to_dict(space))
-            return study
+        if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
         study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
                                     sampler=make_sampler(space))
         study.set_metric_names(metric_names(space))
         study.set_user_attr(ATTR_SPACE, to_dict(space))
-        study.set_user_attr(ATTR_HASH, new_hash)
+        study.set_user_attr(ATTR_HASH, space_hash(space))
         study.set_user_attr(ATTR_VERSION, __version__)
         return study
 
@@ -205,6 +222,48 @@ def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = si
     return recovered
 
 
+KD_PARAM = "distill.kd"
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def twin_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The same parameters with ``distill.kd`` flipped."""
+    if KD_PARAM not in params:
+        raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
+    return {**params, KD_PARAM: not params[KD_PARAM]}
+
+
+def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
+    """Enqueue the KD twin of every COMPLETE trial that has none (in any state); returns their originals' numbers.
+
+    A twin that FAILED is not enqueued again (a broken configuration would otherwise loop forever); trials that
+    died with their worker are re-enqueued by :func:`recover_stale_trials` instead.
+    """
+    trials = study.get_trials(deepcopy=False)
+    seen = {_params_key(t.params) for t in trials}
+    seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    done = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or KD_PARAM not in t.params:
+            continue
+        twin = twin_params(t.params)
+        if _params_key(twin) in seen:
+            continue
+        with quiet_optuna():
+            study.enqueue_trial(twin, user_attrs={"twin_of": t.number})
+        seen.add(_params_key(twin))
+        done.append(t.number)
+        progress("study.enqueue", number=t.number, reason="twin")
+    return done
+
+
+def _waiting(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def count_states(study: optuna.Study) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -253,28 +312,38 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     dev = resolve_device(device)
     name = study_name or space.name
     url = storage or default_storage(name)
+    check_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    # Data and teacher problems surface before the study is created, so a corrected space is not refused later.
+    data = load_dataset(space.dataset).to(dev)
+    teacher = None
+    if kd_possible(space):
+        teacher = get_teacher(space, data, cache_dir=cache_dir, device=dev, progress=progress)
     study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    study.set_user_attr("autokd.dataset_sizes", data.sizes)
     recover_stale_trials(study, progress=progress)
+    twins = kd_twins_enabled(space)
+    if twins:
+        enqueue_missing_twins(study, progress=progress)
     target = space.search.n_trials
     complete = count_states(study).get("COMPLETE", 0)
     progress("study.resume", complete=complete, target=target, trials=len(study.trials), storage=url, study=name)
     result = SearchResult(study, url, complete, target, 0, 0, "done")
-    if complete >= target:
+    if teacher is not None:
+        result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
+
+    def more() -> bool:  # pending twins finish even past the target, so that every pair is complete
+        return complete < target or (twins and _waiting(study) > 0)
+
+    if not more():
         result.states = count_states(study)
         return result
 
-    data = load_dataset(space.dataset).to(dev)
-    study.set_user_attr("autokd.dataset_sizes", data.sizes)
-    teacher = None
-    if kd_possible(space):
-        teacher = get_teacher(space, data, cache_dir=cache_dir, device=dev, progress=progress)
-        result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
     study.sampler = make_sampler(space, n_existing=len(study.trials))
-    objective = Objective(space, data, teacher=teacher, device=dev, artifacts=artifacts_dir(url, name),
-                          progress=progress)
+    inputs = prepare_inputs(space, data, teacher=teacher, progress=progress)
+    objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     with quiet_optuna():
-        while complete < target:
+        while more():
             if deadline is not None and time.monotonic() >= deadline:
                 result.stopped = "timeout"
                 break
@@ -291,6 +360,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             if last.state == TrialState.FAIL:
                 result.failed_this_run += 1
                 result.last_error = last.user_attrs.get("fail_reason")
+            if twins and last.state == TrialState.COMPLETE:
+                enqueue_missing_twins(study, progress=progress)
             complete = count_states(study).get("COMPLETE", 0)
     result.complete = complete
     result.states = count_states(study)
@@ -298,14 +369,19 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
 
 
 def _requeue_interrupted(study: optuna.Study) -> None:
-    """After Ctrl-C, put the interrupted trial's parameters back in the queue so a rerun starts with them."""
-    for t in reversed(study.get_trials(deepcopy=False)):
-        if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:
-            if t.state == TrialState.RUNNING:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        break
+    """After Ctrl-C, put the interrupted trial's parameters back in the queue so a rerun starts with them.
+
+    Optuna has already marked the interrupted trial FAIL (finished trials cannot be changed), so the reason goes on
+    the re-queued trial.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return
+    t = trials[-1]
+    if t.state == TrialState.RUNNING:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retry_reason": "interrupted (Ctrl-C)"})
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
@@ -323,3 +399,16 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "fail_reason": t.user_attrs.get("fail_reason"),
         })
     return records
+
+
+def kd_searched(space: Space) -> bool:
+    return any(d.path == KD_PARAM for d in dimensions(space))
+
+
+def build_report(study: optuna.Study, space: Space, *, include_all: bool = False) -> dict[str, Any]:
+    """The report data of a study (Pareto front, and the KD section when distill.kd is searched)."""
+    from autokd.report import study_report
+
+    return study_report(trial_records(study), directions=[d.name for d in study.directions], study=study.study_name,
+                        metric_names=metric_names(space), include_all=include_all,
+                        dataset_sizes=study.user_attrs.get("autokd.dataset_sizes"), with_kd=kd_searched(space))

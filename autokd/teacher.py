@@ -41,27 +41,42 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
 
 @dataclass
 class Teacher:
-    """A ready teacher: its model (eval mode), accuracy, and logits on the training images."""
+    """A ready teacher (or ensemble): models in eval mode, accuracy of the mean logits, and those logits on the
+    training images."""
 
-    model: nn.Module
+    models: list[nn.Module]
     train_logits: torch.Tensor
     val_accuracy: float
     test_accuracy: float
-    source: str  # "cache" | "trained" | "checkpoint"
+    source: str  # "cache" | "trained" | "checkpoint" ("trained" if any member was trained now)
     key: str
     path: Path | None
+    cache_dir: Path | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.models[0]
 
 
-def teacher_key(space: Any) -> str:
-    """What determines a trained teacher (and nothing else: searched student fields never change it)."""
+def teacher_key(space: Any, member: int = 0) -> str:
+    """What determines one trained teacher (and nothing else: searched student fields never change it).
+
+    Member ``i`` of an ensemble is trained with seed ``train.seed + i``; member 0 is the single teacher, so growing
+    ``distill.teacher.ensemble`` reuses the teachers already cached.
+    """
     payload = {
         "format": CACHE_FORMAT,
-        "dataset": space.dataset.model_dump(mode="json"),
-        "teacher": space.distill.teacher.model_dump(mode="json", exclude={"checkpoint"}),
-        "seed": space.train.seed,
+        "dataset": space.dataset.model_dump(mode="json", exclude={"root", "download"}),  # where, not what
+        "teacher": space.distill.teacher.model_dump(mode="json", exclude={"checkpoint", "ensemble"}),
+        "seed": space.train.seed + member,
         "batch_size": space.train.batch_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def ensemble_key(space: Any) -> str:
+    keys = [teacher_key(space, i) for i in range(space.distill.teacher.ensemble)]
+    return keys[0] if len(keys) == 1 else hashlib.sha256("+".join(keys).encode()).hexdigest()[:20]
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -76,80 +91,131 @@ def _atomic_save(obj: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _load_cached(path: Path, key: str, model: nn.Module, n_train: int, num_classes: int) -> dict:
-    """Load and check a cache file; raise ValueError saying what is wrong with it."""
+def _load_checked(path: Path, key: str, check: Any) -> dict:
+    """Load a cache file and run ``check(blob)``; raise ValueError saying what is wrong with it."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files
         raise ValueError(f"unreadable ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT or blob.get("key") != key:
-        raise ValueError("not a teacher file of this version/key")
-    logits = blob.get("train_logits")
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (n_train, num_classes) \
-            or not torch.isfinite(logits).all():
-        raise ValueError("cached logits have the wrong shape or are not finite")
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except Exception as exc:
-        raise ValueError(f"weights do not fit the architecture ({type(exc).__name__})") from None
+        raise ValueError("not a cache file of this version/key")
+    check(blob)
     return blob
+
+
+def _check_logits(logits: Any, shape: tuple[int, ...]) -> None:
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != shape or not torch.isfinite(logits).all():
+        raise ValueError("cached logits have the wrong shape or are not finite")
+
+
+def _set_aside(path: Path, reason: str, progress: ProgressCallback) -> None:
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    progress("teacher.corrupt", path=str(path), reason=reason, moved_to=str(aside))
+
+
+def _member(space: Any, data: Splits, member: int, cache_dir: Path, device: Any,
+            progress: ProgressCallback) -> tuple[nn.Module, torch.Tensor, str, Path]:
+    """(model, train logits, "cache" | "trained", path) of one ensemble member."""
+    spec = space.distill.teacher
+    key = teacher_key(space, member)
+    path = cache_dir / f"{key}.pt"
+    shape = (len(data.train_y), data.num_classes)
+    model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels)
+    if path.exists():
+        def check(blob: dict) -> None:
+            _check_logits(blob.get("train_logits"), shape)
+            try:
+                model.load_state_dict(blob["state_dict"])
+            except Exception as exc:
+                raise ValueError(f"weights do not fit the architecture ({type(exc).__name__})") from None
+
+        try:
+            blob = _load_checked(path, key, check)
+            return model.to(device).eval(), blob["train_logits"].to(device), "cache", path
+        except ValueError as exc:
+            _set_aside(path, str(exc), progress)
+
+    seed = space.train.seed + member
+    torch.manual_seed(seed)
+    model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
+    opt = Optim(epochs=spec.epochs, lr=spec.lr, batch_size=space.train.batch_size)
+    progress("teacher.start", key=key, epochs=spec.epochs, member=member)
+    fit(model, data.train_x, data.train_y, opt, seed=seed,
+        on_epoch=lambda e, n, loss: progress("teacher.epoch", epoch=e, epochs=n, loss=loss))
+    model.eval()
+    logits = predict(model, data.train_x)
+    _atomic_save({"format": CACHE_FORMAT, "key": key, "family": spec.family,
+                  "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                  "train_logits": logits.cpu(), "val_accuracy": accuracy(model, data.val_x, data.val_y)}, path)
+    return model, logits, "trained", path
+
+
+def _mean_logits(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([predict(m, x) for m in models]).mean(0)
+
+
+def _accuracy_of(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
 
 
 def get_teacher(space: Any, data: Splits, *, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
                 progress: ProgressCallback = silent) -> Teacher:
-    """Load the teacher from its checkpoint or the cache, or train it once and cache it."""
+    """Load the teacher from its checkpoint or the cache, or train it (each ensemble member) once and cache it."""
     spec = space.distill.teacher
-    key = teacher_key(space)
-    model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels)
-
     if spec.checkpoint:
-        ckpt = Path(spec.checkpoint)
-        if not ckpt.is_file():
-            raise CacheError(Problem(f"no such file: {ckpt}", "distill.teacher.checkpoint"))
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-            model.load_state_dict(state)
-        except Exception as exc:
-            raise CacheError(Problem(f"{ckpt} is not a state_dict of a {spec.family} teacher with width "
-                                     f"{spec.width} and depth {spec.depth} ({type(exc).__name__})",
-                                     "distill.teacher.checkpoint")) from None
-        model.to(device).eval()
-        teacher = Teacher(model, predict(model, data.train_x), accuracy(model, data.val_x, data.val_y),
-                          accuracy(model, data.test_x, data.test_y), "checkpoint", key, ckpt)
-        progress("teacher.done", source="checkpoint", val_accuracy=teacher.val_accuracy,
-                 test_accuracy=teacher.test_accuracy, path=str(ckpt))
-        return teacher
-
-    path = resolve_cache_dir(cache_dir) / f"{key}.pt"
-    if path.exists():
-        try:
-            blob = _load_cached(path, key, model, len(data.train_y), data.num_classes)
-            model.to(device).eval()
-            teacher = Teacher(model, blob["train_logits"].to(device), float(blob["val_accuracy"]),
-                              float(blob["test_accuracy"]), "cache", key, path)
-            progress("teacher.done", source="cache", val_accuracy=teacher.val_accuracy,
-                     test_accuracy=teacher.test_accuracy, path=str(path))
-            return teacher
-        except ValueError as exc:
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            progress("teacher.corrupt", path=str(path), reason=str(exc), moved_to=str(aside))
-            model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels)
-
-    torch.manual_seed(space.train.seed)
-    model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-    opt = Optim(epochs=spec.epochs, lr=spec.lr, batch_size=space.train.batch_size)
-    progress("teacher.start", key=key, epochs=spec.epochs)
-    fit(model, data.train_x, data.train_y, opt, seed=space.train.seed,
-        on_epoch=lambda e, n, loss: progress("teacher.epoch", epoch=e, epochs=n, loss=loss))
-    model.eval()
-    teacher = Teacher(model, predict(model, data.train_x), accuracy(model, data.val_x, data.val_y),
-                      accuracy(model, data.test_x, data.test_y), "trained", key, path)
-    _atomic_save({"format": CACHE_FORMAT, "key": key, "family": spec.family,
-                  "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                  "train_logits": teacher.train_logits.cpu(), "val_accuracy": teacher.val_accuracy,
-                  "test_accuracy": teacher.test_accuracy}, path)
-    progress("teacher.done", source="trained", val_accuracy=teacher.val_accuracy,
-             test_accuracy=teacher.test_accuracy, path=str(path))
+        return _from_checkpoint(space, data, device, progress)
+    folder = resolve_cache_dir(cache_dir)
+    members = [_member(space, data, i, folder, device, progress) for i in range(spec.ensemble)]
+    models = [m[0] for m in members]
+    train_logits = torch.stack([m[1] for m in members]).mean(0)
+    source = "trained" if any(m[2] == "trained" for m in members) else "cache"
+    teacher = Teacher(models, train_logits, _accuracy_of(_mean_logits(models, data.val_x), data.val_y),
+                      _accuracy_of(_mean_logits(models, data.test_x), data.test_y), source, ensemble_key(space),
+                      members[0][3], folder)
+    progress("teacher.done", source=source, val_accuracy=teacher.val_accuracy, test_accuracy=teacher.test_accuracy,
+             path=str(members[0][3]), members=len(models))
     return teacher
+
+
+def _from_checkpoint(space: Any, data: Splits, device: Any, progress: ProgressCallback) -> Teacher:
+    spec = space.distill.teacher
+    ckpt = Path(spec.checkpoint)
+    if not ckpt.is_file():
+        raise CacheError(Problem(f"no such file: {ckpt}", "distill.teacher.checkpoint"))
+    model = build_teacher(spec, num_classes=data.num_classes, in_channels=data.in_channels)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise CacheError(Problem(f"{ckpt} is not a state_dict of a {spec.family} teacher with width "
+                                 f"{spec.width} and depth {spec.depth} ({type(exc).__name__})",
+                                 "distill.teacher.checkpoint")) from None
+    model.to(device).eval()
+    key = "ckpt-" + hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
+    teacher = Teacher([model], predict(model, data.train_x), accuracy(model, data.val_x, data.val_y),
+                      accuracy(model, data.test_x, data.test_y), "checkpoint", key, ckpt, None)
+    progress("teacher.done", source="checkpoint", val_accuracy=teacher.val_accuracy,
+             test_accuracy=teacher.test_accuracy, path=str(ckpt), members=1)
+    return teacher
+
+
+def pool_logits(teacher: Teacher, pool: torch.Tensor, *, pool_key: str,
+                progress: ProgressCallback = silent) -> torch.Tensor:
+    """The teacher's (mean) logits over a view pool (V, N, C, H, W) -> (V, N, K), computed once and cached beside
+    the teacher as ``<key>-views-<pool_key>.pt``."""
+    shape = (*pool.shape[:2], teacher.train_logits.shape[-1])
+    path = teacher.cache_dir / f"{teacher.key}-views-{pool_key}.pt" if teacher.cache_dir else None
+    key = f"{teacher.key}-views-{pool_key}"
+    if path is not None and path.exists():
+        try:
+            blob = _load_checked(path, key, lambda b: _check_logits(b.get("logits"), shape))
+            return blob["logits"].to(pool.device)
+        except ValueError as exc:
+            _set_aside(path, str(exc), progress)
+    progress("teacher.views", views=shape[0])
+    logits = torch.stack([_mean_logits(teacher.models, view) for view in pool])
+    if path is not None:
+        _atomic_save({"format": CACHE_FORMAT, "key": key, "logits": logits.cpu()}, path)
+    return logits

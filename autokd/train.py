@@ -22,7 +22,8 @@ EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean l
 
 @dataclass(frozen=True)
 class Distillation:
-    """What the KD term needs: the teacher's logits for every training image (same order as ``x``)."""
+    """What the KD term needs: the teacher's logits for every training image (same order as ``x``):
+    (N, K), or (V, N, K) for a view pool."""
 
     logits: torch.Tensor
     temperature: float
@@ -41,13 +42,15 @@ class Optim:
     schedule: str = "cosine"
     label_smoothing: float = 0.0
     batch_size: int = 64
+    grad_clip: float | None = 5.0
 
     @classmethod
     def from_train(cls, train, *, epochs: int | None = None, lr: float | None = None) -> Optim:
         """From a resolved ``TrainSpec`` (epochs / lr overridable for a phase)."""
         return cls(epochs=train.epochs if epochs is None else epochs, lr=train.lr if lr is None else lr,
                    optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
-                   schedule=train.schedule, label_smoothing=train.label_smoothing, batch_size=train.batch_size)
+                   schedule=train.schedule, label_smoothing=train.label_smoothing, batch_size=train.batch_size,
+                   grad_clip=train.grad_clip)
 
 
 def make_optimizer(model: nn.Module, opt: Optim) -> torch.optim.Optimizer:
@@ -71,13 +74,18 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, seed:
         distill: Distillation | None = None, on_epoch: EpochCallback | None = None) -> list[float]:
     """Train ``model`` in place on in-memory tensors; returns the mean loss of each epoch.
 
-    ``seed`` fixes the data order (a KD trial and its KD-off twin see the same batches).
+    ``x`` is (N, C, H, W), or a view pool (V, N, C, H, W) from :func:`autokd.data.augment_pool`, in which case each
+    epoch shows every image once, in one of its V views drawn from ``seed``. ``seed`` fixes the data order and the
+    views, so a KD trial and its KD-off twin see the same batches.
     """
     if opt.epochs < 1:
         return []
     n = len(y)
-    if distill is not None and len(distill.logits) != n:
-        raise ValueError(f"teacher logits cover {len(distill.logits)} images, training set has {n}")
+    pool = x.dim() == 5
+    if distill is not None:
+        if distill.logits.shape[:-1] != x.shape[:-3]:
+            raise ValueError(f"teacher logits {tuple(distill.logits.shape)} do not match the training images "
+                             f"{tuple(x.shape)}")
     steps_per_epoch = max(1, math.ceil(n / opt.batch_size))
     optimizer = make_optimizer(model, opt)
     schedule = make_schedule(optimizer, opt, opt.epochs * steps_per_epoch)
@@ -86,19 +94,23 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, seed:
     model.train()
     for epoch in range(opt.epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
+        view = torch.randint(x.shape[0], (n,), generator=gen).to(x.device) if pool else None
         total = torch.zeros((), device=x.device)
         for i in range(steps_per_epoch):
             idx = order[i * opt.batch_size:(i + 1) * opt.batch_size]
-            if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; fold a lone straggler into nothing
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; skip a lone straggler
                 continue
-            out = model(x[idx])
+            at = (view[idx], idx) if pool else idx
+            out = model(x[at])
             if distill is None:
                 loss = F.cross_entropy(out, y[idx], label_smoothing=opt.label_smoothing)
             else:
-                loss = kd_loss(out, distill.logits[idx], y[idx], temperature=distill.temperature,
+                loss = kd_loss(out, distill.logits[at], y[idx], temperature=distill.temperature,
                                alpha=distill.alpha, label_smoothing=opt.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if opt.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
             optimizer.step()
             schedule.step()
             total += loss.detach() * len(idx)

@@ -38,17 +38,26 @@ def report(
     study: StudyOpt = None,
     all_: bool = typer.Option(False, "--all", help="Show every trial, not only the Pareto front."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
+                                        help="Also draw the trials and both KD fronts (.png via matplotlib, "
+                                             ".html via plotly)."),
 ) -> None:
-    """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL)."""
-    from autokd.report import pareto_info
+    """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL), with the KD
+    section: paired KD gains with confidence intervals, per-setting breakdown, fronts and a verdict."""
     from autokd.report.render import print_report, to_json
-    from autokd.study import metric_names, trial_records
+    from autokd.study import build_report, trial_records
 
     st, sp = open_report_study(space, set_ or [], storage, study)
-    info = pareto_info(trial_records(st), directions=[d.name for d in st.directions], study=st.study_name,
-                       metric_names=metric_names(sp), include_all=all_,
-                       dataset_sizes=st.user_attrs.get("autokd.dataset_sizes"))
+    info = build_report(st, sp, include_all=all_)
+    if plot is not None:
+        from autokd.report.plot import write_plot
+
+        if "kd" not in info:
+            raise AutokdError(Problem("--plot draws KD on/off; this space does not search distill.kd", file="--plot"))
+        write_plot(plot, trial_records(st), info["kd"], title=f"{st.study_name}: trials and Pareto fronts")
     if json_:
         typer.echo(to_json(info))
     else:
         print_report(info, Console())
+        if plot is not None:
+            Console().print(f"Plot written to {plot}.")

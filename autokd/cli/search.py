@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from typing import Any, Optional
 
 import typer
@@ -101,9 +100,8 @@ def search(
 ) -> int:
     """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
     Pareto report."""
-    from autokd.report import pareto_info
     from autokd.report.render import print_report
-    from autokd.study import metric_names, run_search, trial_records
+    from autokd.study import build_report, run_search
 
     sp = load_space(space, overrides=set_ or [])
     console = Console()
@@ -111,8 +109,7 @@ def search(
         result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
                             cache_dir=cache_dir, allow_space_change=allow_space_change, progress=ui)
     st = result.study
-    info = pareto_info(trial_records(st), directions=[d.name for d in st.directions], study=st.study_name,
-                       metric_names=metric_names(sp), dataset_sizes=st.user_attrs.get("autokd.dataset_sizes"))
+    info = build_report(st, sp)
     if result.complete:
         print_report(info, console)
     again = ["autokd", "report", str(space), *sum((["--set", s] for s in set_ or []), [])]
@@ -129,8 +126,10 @@ def search(
         err.print(f"[red]error: every trial failed; last error: {result.last_error}[/]")
         return 1
     if result.stopped == "timeout":
+        import autokd.cli as cli
+
         console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun the "
-                      f"same command to continue: autokd {shlex.join(sys.argv[1:]) if sys.argv[1:] else ''}")
+                      f"same command to continue: autokd {shlex.join(cli.invoked_args)}")
     console.print(f"Done: {result.complete}/{result.target} complete trials in {result.storage} "
                   f"(study {st.study_name}). See the report again with: {shlex.join(again)}")
     return 0

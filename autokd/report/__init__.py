@@ -1,5 +1,35 @@
-"""Reports as plain data (fronts, KD gains); :mod:`autokd.report.render` draws them."""
+"""Reports as plain data (fronts, KD gains); :mod:`autokd.report.render` and :mod:`autokd.report.plot` draw them."""
 
-from autokd.report.pareto import dominates, pareto_front, pareto_info
+from __future__ import annotations
 
-__all__ = ["dominates", "pareto_front", "pareto_info"]
+from collections.abc import Sequence
+from typing import Any
+
+from autokd.report.pareto import dominates, hypervolume_2d, pareto_front, pareto_info
+
+__all__ = ["dominates", "hypervolume_2d", "pareto_front", "pareto_info", "study_report"]
+
+
+def study_report(records: Sequence[dict[str, Any]], *, directions: Sequence[Any], study: str | None = None,
+                 metric_names: Sequence[str] | None = None, include_all: bool = False,
+                 dataset_sizes: dict[str, int] | None = None, with_kd: bool = True) -> dict[str, Any]:
+    """Everything ``autokd report`` shows, as one JSON-able dict: :func:`pareto_info` plus, under ``"kd"``,
+    :func:`autokd.report.kd_gain.kd_analysis` (paired gains, per-factor breakdown, fronts, verdict).
+
+    The KD analysis uses the first cost objective (``metric_names[1]``) for its fronts; each shown trial gains a
+    ``"twin"`` key (its KD twin's number, or ``None``).
+    """
+    info = pareto_info(records, directions=directions, study=study, metric_names=metric_names,
+                       include_all=include_all, dataset_sizes=dataset_sizes)
+    if not with_kd:
+        return info
+    from autokd.report.kd_gain import kd_analysis
+
+    names = list(metric_names or [])
+    cost = names[1] if len(names) > 1 else "flops"
+    kd = kd_analysis(list(records), cost_metric=cost)
+    twins = {p["on"]: p["off"] for p in kd["pairs"]} | {p["off"]: p["on"] for p in kd["pairs"]}
+    for t in info["trials"]:
+        t["twin"] = twins.get(t["number"])
+    info["kd"] = kd
+    return info

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from autokd.report.pareto import _as_min_space, _dominated_mask, hypervolume_2d, pareto_front
+
 __all__ = [
     "Pair",
     "find_pairs",
@@ -68,7 +70,6 @@ __all__ = [
 KD_PARAM = "distill.kd"
 PRUNE_PARAM = "compress.prune_ratio"
 ABSENT_LEVEL = "(absent)"
-_DIRECTIONS = ("maximize", "minimize")
 
 
 # --------------------------------------------------------------------------- #
@@ -593,66 +594,6 @@ def factor_breakdown(pairs: Iterable[Pair], *, metric: str = "val_accuracy",
 # --------------------------------------------------------------------------- #
 # Pareto fronts and hypervolume
 # --------------------------------------------------------------------------- #
-def _as_min_space(points: Any, directions: Any, name: str = "points") -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(directions, str) or not isinstance(directions, Sequence) or not directions:
-        raise ValueError("directions must be a non-empty list of 'maximize'/'minimize'")
-    bad = [d for d in directions if d not in _DIRECTIONS]
-    if bad:
-        raise ValueError(f"directions must be 'maximize' or 'minimize', got {bad!r}")
-    signs = np.asarray([-1.0 if d == "maximize" else 1.0 for d in directions])
-    try:
-        arr = np.asarray(points, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a list of numeric points") from None
-    if arr.size == 0:
-        arr = arr.reshape(0, len(directions))
-    if arr.ndim != 2 or arr.shape[1] != len(directions):
-        raise ValueError(f"{name} must have shape (n, {len(directions)}), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    return arr * signs, signs
-
-
-def _dominated_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """mask[i] = some row of ``b`` weakly dominates ``a[i]`` and differs from it
-    (minimisation)."""
-    out = np.zeros(len(a), dtype=bool)
-    for i, p in enumerate(a):
-        out[i] = bool(np.any(np.all(b <= p, axis=1) & np.any(b < p, axis=1)))
-    return out
-
-
-def pareto_front(points: Any, *, directions: Sequence[str]) -> list[int]:
-    """Indices (ascending) of the non-dominated points.
-
-    A point is dominated when another is at least as good in every objective
-    and strictly better in one; exact duplicates do not dominate each other,
-    so both stay on the front.
-    """
-    mins, _ = _as_min_space(points, directions)
-    return [int(i) for i in np.flatnonzero(~_dominated_mask(mins, mins))]
-
-
-def hypervolume_2d(points: Any, *, directions: Sequence[str], reference: Sequence[float]) -> float:
-    """Exact 2-D hypervolume: the area dominated by ``points`` and bounded by
-    ``reference``. Maximised objectives are negated so both are minimised;
-    points that do not strictly improve on the reference in both objectives
-    contribute nothing. Computed with a sweep over the first objective.
-    """
-    mins, signs = _as_min_space(points, directions)
-    if mins.shape[1] != 2:
-        raise ValueError("hypervolume_2d needs exactly 2 objectives")
-    ref, _ = _as_min_space([reference], directions, name="reference")
-    rx, ry = ref[0]
-    inside = mins[(mins[:, 0] < rx) & (mins[:, 1] < ry)]
-    volume, best_y = 0.0, ry
-    for x, y in inside[np.lexsort((inside[:, 1], inside[:, 0]))]:
-        if y < best_y:
-            volume += (rx - x) * (best_y - y)
-            best_y = y
-    return float(volume)
-
-
 def front_comparison(trials: Iterable[Mapping], *, cost_metric: str = "flops",
                      metric: str = "val_accuracy", kd_param: str = KD_PARAM) -> dict:
     """Compare the accuracy/cost Pareto front of KD-on trials with that of
@@ -822,7 +763,7 @@ def kd_analysis(trials: Iterable[Mapping], *,
     The first of ``metrics`` is the primary metric: the factor breakdown, the
     Pareto-front comparison and the verdict use it. Returns::
 
-        {"n_pairs", "n_unpaired", "metric",
+        {"n_pairs", "n_unpaired", "pairs", "metric",
          "gain": {metric: summarize_gain(...) for metric in metrics},
          "factors": factor_breakdown(...),   # primary metric
          "fronts": front_comparison(...),    # primary metric vs cost_metric
@@ -854,6 +795,7 @@ def kd_analysis(trials: Iterable[Mapping], *,
     return _jsonable({
         "n_pairs": len(pairs),
         "n_unpaired": len(unpaired),
+        "pairs": [{"on": p.numbers[0], "off": p.numbers[1]} for p in pairs],
         "metric": primary,
         "gain": gain,
         "factors": factors,

@@ -507,7 +507,7 @@ def test_kd_analysis_is_json_serialisable_with_exact_keys():
     analysis = kd_analysis(trials, seed=2)
     text = json.dumps(analysis, allow_nan=False)
     assert json.loads(text) == analysis
-    assert set(analysis) == {"n_pairs", "n_unpaired", "metric", "gain", "factors",
+    assert set(analysis) == {"n_pairs", "n_unpaired", "pairs", "metric", "gain", "factors",
                              "fronts", "verdict"}
     assert analysis["n_pairs"] == 48 and analysis["n_unpaired"] == 1
     assert set(analysis["gain"]) == {"val_accuracy", "test_accuracy"}

@@ -1,0 +1,89 @@
+"""KD trial / KD-off twin time ratio with augmentation, on the default space (issue target: <= 1.3).
+
+For each of a few configurations of spaces/mobilenet.yaml with train.augment on, times the KD-on trial and its
+KD-off twin (same settings and seed) through autokd.objective.run_config, with the teacher's logits over the view
+pool cached (what a search does). For contrast it also times KD with the teacher run on every augmented batch.
+
+    python bench/kd_cost.py [--repeats 2] [--set train.epochs=4 ...]
+
+Prints one line per configuration and the median ratios. Timings depend on the machine; the ratio is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import optuna
+import torch
+
+from autokd.data import load_dataset
+from autokd.objective import TrialInputs, prepare_inputs, run_config
+from autokd.sampling import sample
+from autokd.space import load_space
+from autokd.teacher import get_teacher
+from autokd.train import Distillation
+
+CONFIGS = [
+    {"model.width_mult": 0.5, "model.conv": "depthwise", "compress.prune_ratio": 0.0, "compress.bits": 32},
+    {"model.width_mult": 1.0, "model.conv": "depthwise", "compress.prune_ratio": 0.5, "compress.bits": 8},
+    {"model.width_mult": 0.25, "model.conv": "standard", "compress.prune_ratio": 0.0, "compress.bits": 4},
+]
+BASE = {"model.depth_mult": 1.0, "model.kernel_size": 3, "model.expand_ratio": 4, "train.label_smoothing": 0.0,
+        "train.augment": True}
+
+
+def per_batch_distillation(teacher, pool, cfg):
+    """A Distillation whose logits are computed by running the teacher on each batch of views."""
+
+    class Lazy:
+        shape = (*pool.shape[:2], teacher.train_logits.shape[-1])
+
+        def __getitem__(self, at):
+            with torch.no_grad():
+                return torch.stack([m(pool[at]) for m in teacher.models]).mean(0)
+
+    return Distillation(Lazy(), cfg.distill.temperature, cfg.distill.alpha)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    args = ap.parse_args()
+    space = load_space("spaces/mobilenet.yaml", overrides=args.overrides)
+    data = load_dataset(space.dataset)
+    with tempfile.TemporaryDirectory() as cache:
+        teacher = get_teacher(space, data, cache_dir=cache)
+        inputs = prepare_inputs(space, data, teacher=teacher)
+        ratios, naive = [], []
+        for params in CONFIGS:
+            times = {}
+            for kd in (True, False):
+                cfg = sample(space, optuna.trial.FixedTrial({**BASE, **params, "distill.kd": kd}))
+                runs = []
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    run_config(cfg, inputs)
+                    runs.append(time.perf_counter() - t)
+                times[kd] = min(runs)
+            ratio = times[True] / times[False]
+            ratios.append(ratio)
+            # The naive way: the teacher ensemble runs on every augmented batch.
+            cfg = sample(space, optuna.trial.FixedTrial({**BASE, **params, "distill.kd": True}))
+            lazy = per_batch_distillation(teacher, inputs.pool, cfg).logits
+            lazy_inputs = TrialInputs(data, teacher, inputs.pool, lazy)
+            t = time.perf_counter()
+            run_config(cfg, lazy_inputs)
+            naive.append((time.perf_counter() - t) / times[False])
+            print(f"{params}: KD {times[True]:.1f}s, twin {times[False]:.1f}s, ratio {ratio:.2f} "
+                  f"(teacher per batch: {naive[-1]:.2f})")
+    print(f"median KD/twin time ratio with cached view-pool logits: {statistics.median(ratios):.2f} (target <= 1.3)")
+    print(f"median ratio with the teacher ({space.distill.teacher.ensemble} member(s)) run per batch: "
+          f"{statistics.median(naive):.2f}")
+
+
+if __name__ == "__main__":
+    main()
