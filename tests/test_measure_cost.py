@@ -50,7 +50,7 @@ def test_float_bitops_are_macs_times_32_by_32():
 def test_uniform_quantization_divides_bitops_by_the_bit_ratio(bits):
     model = tiny()
     full = bitops(model, SHAPE)
-    quantize_model(model, bits=bits, keep_first_last=False)
+    quantize_model(model, bits=bits, act_bits=bits, keep_first_last=False)
     assert bitops(model, SHAPE) * (32 // bits) ** 2 == full
     assert flops(model, SHAPE) * 32 * 32 == 2 * full  # the wrappers still count as the same convs
 

@@ -65,8 +65,14 @@ def test_every_conv_and_linear_is_wrapped_with_first_and_last_at_8_bits():
 
 
 def test_keep_first_last_false_quantizes_all_layers_alike():
-    model = quantize_model(tiny(), bits=3, keep_first_last=False)
+    model = quantize_model(tiny(), bits=3, act_bits=3, keep_first_last=False)
     assert set(layer_bits(model).values()) == {(3, 3)}
+
+
+@pytest.mark.parametrize("bits, expected", [(2, (2, 4)), (3, (3, 4)), (4, (4, 4)), (8, (8, 8))])
+def test_activation_bits_default_to_bits_but_at_least_four(bits, expected):
+    model = quantize_model(tiny(), bits=bits, keep_first_last=False)
+    assert set(layer_bits(model).values()) == {expected}
 
 
 def test_unquantized_model_reports_32_bits():
