@@ -216,7 +216,7 @@ def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = si
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died (stale trial)")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, "worker process died"))
         recovered.append(t.number)
         progress("study.stale", number=t.number)
     return recovered
@@ -381,7 +381,15 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     if t.state == TrialState.RUNNING:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retry_reason": "interrupted (Ctrl-C)"})
+        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, "interrupted (Ctrl-C)"))
+
+
+def _retry_attrs(t: optuna.trial.FrozenTrial, reason: str) -> dict[str, Any]:
+    """User attributes of a retry: what it retries and why, and the twin link of the original, if any."""
+    attrs = {"retry_of": t.number, "retry_reason": reason}
+    if "twin_of" in t.user_attrs:
+        attrs["twin_of"] = t.user_attrs["twin_of"]
+    return attrs
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:

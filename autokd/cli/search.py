@@ -57,6 +57,8 @@ class RichProgress:
         elif event == "teacher.corrupt":
             log(f"[yellow]Teacher cache file {d['path']} is unusable ({d['reason']}); moved to {d['moved_to']} "
                 "and retraining.[/]")
+        elif event == "teacher.views":
+            log(f"Computing the teacher's logits over {d['views']} augmented views per image (once; cached).")
         elif event == "teacher.done":
             how = {"cache": "loaded from the cache", "trained": "trained and cached",
                    "checkpoint": "loaded from its checkpoint"}[d["source"]]
@@ -74,7 +76,9 @@ class RichProgress:
             m = d["metrics"]
             log(f"trial {d['number']:>3}: val {100 * m['val_accuracy']:5.1f}%  test {100 * m['test_accuracy']:5.1f}%"
                 f"  {m['flops'] / 1e6:7.2f} MFLOPs  {d['seconds']:5.1f}s  [dim]{self.settings}[/]")
-            self.bars.update(self.study_task, advance=1)
+            task = self.bars.tasks[self.study_task]
+            # A pending KD twin may take the study one trial past its target.
+            self.bars.update(self.study_task, advance=1, total=max(task.total or 0, task.completed + 1))
         elif event == "trial.fail":
             log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
 
@@ -130,6 +134,8 @@ def search(
 
         console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun the "
                       f"same command to continue: autokd {shlex.join(cli.invoked_args)}")
-    console.print(f"Done: {result.complete}/{result.target} complete trials in {result.storage} "
-                  f"(study {st.study_name}). See the report again with: {shlex.join(again)}")
+    extra = " (one past the target: a pending KD twin completed the last pair)" \
+        if result.complete > result.target and result.ran_this_run else ""
+    console.print(f"Done: {result.complete} complete trials (target {result.target}){extra} in {result.storage}, "
+                  f"study {st.study_name}. See the report again with: {shlex.join(again)}")
     return 0

@@ -727,7 +727,9 @@ def verdict(summary: Mapping, breakdown: Iterable[Mapping], *, min_pairs: int = 
         return f"Too few KD pairs to tell ({detail}; need at least {need})."
 
     level = round(100 * float(summary.get("confidence") or 0.95))
-    stats = f"{_pts(mean)} pts ({level}% CI {_pts_plain(low)}–{_pts_plain(high)}) over {_plural(n)}"
+    # "1.1–2.5" reads well; with a negative bound a dash is ambiguous, so say "to": "-0.6 to +1.0".
+    interval = f"{_pts_plain(low)}–{_pts_plain(high)}" if low >= 0 else f"{_pts_plain(low)} to {_pts(high)}"
+    stats = f"{_pts(mean)} pts ({level}% CI {interval}) over {_plural(n)}"
     clause = _interaction_clause(breakdown, alpha)
     if low > 0:
         return f"KD adds {stats}; {clause}."

@@ -40,6 +40,8 @@ def write_plot(path: str | Path, records: list[dict[str, Any]], kd: dict[str, An
     """Draw the study to ``path``; the format follows the suffix (.png/.svg/.pdf: matplotlib, .html: plotly)."""
     path = Path(path)
     s = _series(records, kd)
+    if not s["on"][0] and not s["off"][0]:
+        raise AutokdError(Problem("no complete trials to draw yet; run the search first", file="--plot"))
     if path.suffix.lower() == ".html":
         _plotly(path, s, title)
     elif path.suffix.lower() in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):

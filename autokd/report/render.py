@@ -32,7 +32,8 @@ def pareto_table(info: dict[str, Any]) -> Table:
     if info.get("study"):
         title += f" of {info['study']}"
     table = Table(title=title, title_justify="left", header_style="bold")
-    rows = sorted(info["trials"], key=lambda t: (t["state"] != "COMPLETE", t["metrics"].get("flops", 0), t["number"]))
+    rows = sorted(info["trials"], key=lambda t: (t["state"] != "COMPLETE", t["metrics"].get("flops", float("inf")),
+                                                 t["number"]))
     has = {k for t in rows for k in t["metrics"]}
     columns = [("val acc %", "val_accuracy", _pct), ("test acc %", "test_accuracy", _pct),
                ("MFLOPs", "flops", lambda v: f"{v / 1e6:.2f}"), ("GBitOps", "bitops", lambda v: f"{v / 1e9:.3f}"),
@@ -155,11 +156,15 @@ def kd_fronts_text(kd: dict[str, Any]) -> Text:
         f"{share} of the KD-off front is dominated by the KD-on front.")
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def render_kd(kd: dict[str, Any]) -> Group:
     parts: list[Any] = [kd_gain_table(kd)]
     if kd["factors"]:
         parts.append(kd_factor_table(kd))
-    parts += [kd_fronts_text(kd), Text(f"{kd['n_pairs']} pairs, {kd['n_unpaired']} unpaired trials.", style="dim"),
+    parts += [kd_fronts_text(kd), Text(f"{_n(kd['n_pairs'], 'pair')} of twins, {_n(kd['n_unpaired'], 'unpaired trial')}.", style="dim"),
               Text("Verdict: ", style="bold") + Text(kd["verdict"], style="bold")]
     return Group(*parts)
 

@@ -54,7 +54,7 @@ def test_search_exits_0_and_reports(searched):
     assert "Teacher trained and cached" in res.out or "Teacher loaded from the cache" in res.out
     assert "trial   0:" in res.out and "trial   1:" in res.out
     assert "Pareto front of tiny" in res.out
-    assert f"Done: 2/2 complete trials in {url}" in res.out
+    assert f"Done: 2 complete trials (target 2) in {url}" in res.out
 
 
 def test_search_stores_two_complete_trials_with_settings_and_metrics(searched):

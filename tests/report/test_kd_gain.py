@@ -476,10 +476,10 @@ def test_verdict_sentences():
     assert verdict(_summary(24, 0.018, 0.011, 0.025), dep).endswith(
         "; the gain depends on compress.bits (corrected p = 0.004).")
     assert verdict(_summary(24, 0.002, -0.006, 0.010), flat) == (
-        "No clear KD gain: +0.2 pts (95% CI -0.6–1.0) over 24 pairs; "
+        "No clear KD gain: +0.2 pts (95% CI -0.6 to +1.0) over 24 pairs; "
         "no factor changes the gain significantly (smallest corrected p = 0.31).")
     assert verdict(_summary(24, -0.012, -0.020, -0.004), []).startswith(
-        "KD hurts: -1.2 pts (95% CI -2.0–-0.4) over 24 pairs")
+        "KD hurts: -1.2 pts (95% CI -2.0 to -0.4) over 24 pairs")
     assert verdict(_summary(3, 0.01, 0.0, 0.02), flat) == (
         "Too few KD pairs to tell (3 pairs, mean gain +1.0 pts; need at least 5).")
     assert verdict(_summary(3, 0.01, 0.001, 0.02), flat, min_pairs=3).startswith("KD adds")
