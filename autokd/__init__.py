@@ -27,7 +27,8 @@ _EXPORTS = {
     "run_config": "autokd.objective", "load_trial_model": "autokd.objective",
     "run_search": "autokd.study", "create_or_load_study": "autokd.study", "load_study": "autokd.study",
     "trial_records": "autokd.study",
-    "pareto_info": "autokd.report",
+    "pareto_info": "autokd.report", "study_report": "autokd.report", "kd_analysis": "autokd.report.kd_gain",
+    "prune_model": "autokd.compress", "quantize_model": "autokd.compress", "cost_metrics": "autokd.measure",
 }
 
 __all__ = ["__version__", *_EXPORTS]
