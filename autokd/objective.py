@@ -146,20 +146,23 @@ class Objective:
 
     def __call__(self, trial: Any) -> list[float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: stale-trial recovery
-        cfg = sample(self.space, trial)
-        trial.set_user_attr("settings", cfg.settings())
-        self.progress("trial.start", number=trial.number, params=cfg.params)
-        start = time.perf_counter()
         try:
-            outcome = run_config(cfg, self.inputs, device=self.device, progress=self.progress)
+            return self._run(trial)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
-        except Exception as exc:
+        except Exception as exc:  # recorded on the trial whatever stage raised it (Optuna then marks it FAIL)
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
             self.progress("trial.fail", number=trial.number, reason=reason)
             raise
+
+    def _run(self, trial: Any) -> list[float]:
+        cfg = sample(self.space, trial)
+        trial.set_user_attr("settings", cfg.settings())
+        self.progress("trial.start", number=trial.number, params=cfg.params)
+        start = time.perf_counter()
+        outcome = run_config(cfg, self.inputs, device=self.device, progress=self.progress)
         seconds = time.perf_counter() - start
         metrics = outcome.metrics
         trial.set_user_attr("metrics", metrics)

@@ -76,7 +76,8 @@ class RichProgress:
             m = d["metrics"]
             log(f"trial {d['number']:>3}: val {100 * m['val_accuracy']:5.1f}%  test {100 * m['test_accuracy']:5.1f}%"
                 f"  {m['flops'] / 1e6:7.2f} MFLOPs  {d['seconds']:5.1f}s  [dim]{self.settings}[/]")
-            task = self.bars.tasks[self.study_task]
+            # Progress.tasks is a list (task ids are not indices once tasks were removed): look the task up by id.
+            task = next(t for t in self.bars.tasks if t.id == self.study_task)
             # A pending KD twin may take the study one trial past its target.
             self.bars.update(self.study_task, advance=1, total=max(task.total or 0, task.completed + 1))
         elif event == "trial.fail":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -271,3 +272,37 @@ def test_timeout_prints_the_command_that_resumes(cli, space_file, tiny_space, tm
     assert "Stopped at --timeout with 1/2 complete trials" in res.out
     assert "autokd --unrelated" not in res.out  # the caller's sys.argv
     assert "rerun the same command to continue: autokd " + " ".join(args) in res.out
+
+
+def test_search_that_trains_an_ensemble_teacher_first_completes_its_trials(cli, space_file, tiny_space, tmp_path,
+                                                                            monkeypatch):
+    # Regression: the rich display removed the teachers' bars before the study bar existed, then looked the study
+    # bar up by list index; with several teacher bars every trial failed after it had finished.
+    monkeypatch.setenv("AUTOKD_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    space = copy.deepcopy(tiny_space)
+    space["distill"]["teacher"]["ensemble"] = 2
+    space["compress"] = {"finetune_epochs": 0}
+    url = f"sqlite:///{tmp_path}/ens.db"
+    res = cli("search", space_file(space), "--storage", url)
+    assert res.code == 0, res.err
+    assert res.out.count("Teacher trained and cached") == 1
+    states = [t.state for t in trials_of(url)]
+    assert states and all(s == TrialState.COMPLETE for s in states), states
+
+
+def test_a_failing_trial_records_why(cli, space_file, tiny_space, tmp_path, monkeypatch):
+    import autokd.objective
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in measure")
+
+    monkeypatch.setattr(autokd.objective, "cost_metrics", broken)
+    space = copy.deepcopy(tiny_space)
+    space["compress"] = {"finetune_epochs": 0}
+    space["search"]["max_failures"] = 1
+    url = f"sqlite:///{tmp_path}/fail.db"
+    res = cli("search", space_file(space), "--storage", url)
+    assert res.code == 1
+    assert "RuntimeError: boom in measure" in res.err
+    (trial,) = trials_of(url)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "RuntimeError: boom in measure"
