@@ -150,8 +150,8 @@ def kd_fronts_text(kd: dict[str, Any]) -> Text:
     ref = fr["reference"]
     share = "-" if fr.get("dominated_share") is None else f"{100 * fr['dominated_share']:.0f}%"
     return Text(
-        f"Fronts ({fr['metric']} vs {fr['cost_metric']}): hypervolume KD on {fr['hv_kd_on']:.4g} "
-        f"({fr['n_kd_on']} trials, front {fr['front_kd_on']}) vs KD off {fr['hv_kd_off']:.4g} "
+        f"Fronts ({fr['metric']} vs {fr['cost_metric']}): hypervolume KD on {fr['hv_kd_on']:.6g} "
+        f"({fr['n_kd_on']} trials, front {fr['front_kd_on']}) vs KD off {fr['hv_kd_off']:.6g} "
         f"({fr['n_kd_off']} trials, front {fr['front_kd_off']}), reference point ({ref[0]:g}, {ref[1]:.4g}); "
         f"{share} of the KD-off front is dominated by the KD-on front.")
 
