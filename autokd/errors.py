@@ -7,7 +7,10 @@ what is wrong and, where it helps, the valid options.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,16 @@ class Problem:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         field = f"{self.path}: " if self.path else ""
         return f"{where}{field}{self.message}"
+
+
+def hint(word: Any, options: Sequence[Any]) -> str:
+    """`` (did you mean 'x'? valid: a, b, c)``: the close match first, then every valid option ("" if none)."""
+    names = [str(o) for o in options]
+    match = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    valid = f"valid: {', '.join(names)}" if names else ""
+    if match:
+        return f" (did you mean {match[0]!r}? {valid})" if valid else f" (did you mean {match[0]!r}?)"
+    return f" ({valid})" if valid else ""
 
 
 class AutokdError(Exception):

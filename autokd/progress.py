@@ -20,3 +20,21 @@ class ProgressCallback(Protocol):
 
 def silent(event: str, **data: Any) -> None:
     """The default callback: report nothing."""
+
+
+class EventLog:
+    """A callback that keeps every event, for scripts and tests: ``log = EventLog(); run_search(space,
+    progress=log); log.names()``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, **data: Any) -> None:
+        self.events.append((event, data))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The data of every ``name`` event, in order."""
+        return [data for event, data in self.events if event == name]

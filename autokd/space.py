@@ -26,7 +26,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, model_validator
 
-from autokd.errors import Problem, SpaceError
+from autokd.errors import Problem, SpaceError, hint
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -298,7 +298,7 @@ def resolve(space: Space, params: dict[str, Any]) -> Space:
     missing = sorted(dims - set(params))
     unknown = sorted(set(params) - dims)
     problems = [Problem("no value given for this searched field", p) for p in missing]
-    problems += [Problem("not a searched field of this space" + _did_you_mean(p, sorted(dims)), p) for p in unknown]
+    problems += [Problem("not a searched field of this space" + hint(p, sorted(dims)), p) for p in unknown]
     if problems:
         raise SpaceError(problems)
     data = space.model_dump(mode="python")
@@ -404,7 +404,7 @@ def check_families(space: Space) -> CheckResult:
     out: CheckResult = []
     students, teachers = student_families(), teacher_families()
     if space.model.family not in students:
-        out.append(("model.family", f"unknown family {space.model.family!r}{_hint(space.model.family, students)}"))
+        out.append(("model.family", f"unknown family {space.model.family!r}{hint(space.model.family, students)}"))
     else:
         used = family_fields(space.model.family)
         for d in dimensions(space):
@@ -413,7 +413,7 @@ def check_families(space: Space) -> CheckResult:
                 out.append((d.path, f"family {space.model.family} does not use this field"))
     if space.distill.teacher.family not in teachers:
         t = space.distill.teacher.family
-        out.append(("distill.teacher.family", f"unknown teacher family {t!r}{_hint(t, teachers)}"))
+        out.append(("distill.teacher.family", f"unknown teacher family {t!r}{hint(t, teachers)}"))
     return out
 
 
@@ -592,20 +592,6 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any, str]]:
     return out
 
 
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _hint(word: Any, options: Sequence[str]) -> str:
-    """`` (did you mean 'x'? valid: a, b, c)`` — the close match first, then every valid option."""
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    valid = f"valid: {', '.join(map(str, options))}" if options else ""
-    if match:
-        return f" (did you mean {match[0]!r}? {valid})" if valid else f" (did you mean {match[0]!r}?)"
-    return f" ({valid})" if valid else ""
-
-
 def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     """The pydantic model that holds the field at ``loc`` (for listing valid field names)."""
     model: Any = Space
@@ -638,13 +624,13 @@ def _message(err: dict[str, Any], loc: tuple) -> str:
         else:
             model = _model_at(loc)
             valid = list(model.model_fields) if model else []
-        return f"unknown field{_hint(loc[-1], valid)}"
+        return f"unknown field{hint(loc[-1], valid)}"
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
         expected = re.findall(r"'([^']*)'|(\d+)", ctx.get("expected", ""))
         options = [a or b for a, b in expected]
-        return f"{value!r} is not valid{_hint(value, options)}"
+        return f"{value!r} is not valid{hint(value, options)}"
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "value_error":
         return msg

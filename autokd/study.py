@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from autokd import __version__
 from autokd.data import load_dataset
-from autokd.errors import AutokdError, Problem, StudyError
+from autokd.errors import AutokdError, Problem, StudyError, hint
 from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled, space_from_dict, space_hash, to_dict
@@ -122,15 +122,16 @@ def directions(space: Space) -> list[str]:
     return ["maximize"] + ["minimize"] * len(space.search.objectives)
 
 
-def check_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
-                allow_space_change: bool = False) -> None:
-    """Raise :class:`StudyError` if the study exists and cannot continue with ``space`` (creates nothing)."""
+def open_existing_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                        allow_space_change: bool = False) -> optuna.Study | None:
+    """The study of ``space`` if it exists (checked against the space), else ``None``; creates nothing."""
     name = study_name or space.name
     url = storage or default_storage(name)
     store = open_storage(url)
     with quiet_optuna():
         if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
-            _checked_load(space, store, url, name, allow_space_change, update=False)
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
+    return None
 
 
 def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_change: bool, *,
@@ -182,9 +183,7 @@ def load_study(*, storage: str, study_name: str) -> tuple[optuna.Study, Space]:
     with quiet_optuna():
         names = [s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)]
         if study_name not in names:
-            from autokd.space import _hint
-
-            raise StudyError(Problem(f"no study {study_name!r} in {storage}{_hint(study_name, names)}",
+            raise StudyError(Problem(f"no study {study_name!r} in {storage}{hint(study_name, names)}",
                                      file="--study"))
         study = optuna.load_study(study_name=study_name, storage=store)
     data = study.user_attrs.get(ATTR_SPACE)
@@ -260,10 +259,6 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     return done
 
 
-def _waiting(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
 def count_states(study: optuna.Study) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -292,7 +287,7 @@ def kd_possible(space: Space) -> bool:
 
 @dataclass
 class SearchResult:
-    study: optuna.Study
+    study: optuna.Study | None
     storage: str
     complete: int
     target: int
@@ -312,38 +307,41 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     dev = resolve_device(device)
     name = study_name or space.name
     url = storage or default_storage(name)
-    check_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
-    # Data and teacher problems surface before the study is created, so a corrected space is not refused later.
+    target, twins = space.search.n_trials, kd_twins_enabled(space)
+    result = SearchResult(None, url, 0, target, 0, 0, "done")
+
+    def prepare(study: optuna.Study) -> bool:
+        """Recover stale trials, queue missing twins, report where the study stands; whether work remains."""
+        recover_stale_trials(study, progress=progress)
+        if twins:
+            enqueue_missing_twins(study, progress=progress)
+        result.study, result.states = study, count_states(study)
+        result.complete = result.states.get("COMPLETE", 0)
+        progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
+                 study=name)
+        return _work_left(study, target, twins)
+
+    # A finished study returns before any data or teacher is loaded (no teacher retrained for nothing).
+    study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    if study is not None and not prepare(study):
+        return result
+    # Data and teacher problems surface before a new study is created, so a corrected space is not refused later.
     data = load_dataset(space.dataset).to(dev)
     teacher = None
     if kd_possible(space):
         teacher = get_teacher(space, data, cache_dir=cache_dir, device=dev, progress=progress)
-    study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
-    study.set_user_attr("autokd.dataset_sizes", data.sizes)
-    recover_stale_trials(study, progress=progress)
-    twins = kd_twins_enabled(space)
-    if twins:
-        enqueue_missing_twins(study, progress=progress)
-    target = space.search.n_trials
-    complete = count_states(study).get("COMPLETE", 0)
-    progress("study.resume", complete=complete, target=target, trials=len(study.trials), storage=url, study=name)
-    result = SearchResult(study, url, complete, target, 0, 0, "done")
-    if teacher is not None:
         result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
-
-    def more() -> bool:  # pending twins finish even past the target, so that every pair is complete
-        return complete < target or (twins and _waiting(study) > 0)
-
-    if not more():
-        result.states = count_states(study)
-        return result
+    if study is None:
+        study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+        prepare(study)
+    study.set_user_attr("autokd.dataset_sizes", data.sizes)
 
     study.sampler = make_sampler(space, n_existing=len(study.trials))
     inputs = prepare_inputs(space, data, teacher=teacher, progress=progress)
     objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     with quiet_optuna():
-        while more():
+        while _work_left(study, target, twins):
             if deadline is not None and time.monotonic() >= deadline:
                 result.stopped = "timeout"
                 break
@@ -362,10 +360,15 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 result.last_error = last.user_attrs.get("fail_reason")
             if twins and last.state == TrialState.COMPLETE:
                 enqueue_missing_twins(study, progress=progress)
-            complete = count_states(study).get("COMPLETE", 0)
-    result.complete = complete
     result.states = count_states(study)
+    result.complete = result.states.get("COMPLETE", 0)
     return result
+
+
+def _work_left(study: optuna.Study, target: int, twins: bool) -> bool:
+    """Fewer COMPLETE trials than the target, or a queued twin (pairs finish even past the target)."""
+    states = count_states(study)
+    return states.get("COMPLETE", 0) < target or (twins and states.get("WAITING", 0) > 0)
 
 
 def _requeue_interrupted(study: optuna.Study) -> None:

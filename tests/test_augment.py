@@ -18,6 +18,7 @@ from autokd.sampling import TrialConfig
 from autokd.space import resolve, space_from_dict
 from autokd.teacher import get_teacher
 from autokd.train import Distillation, Optim, fit, predict
+from autokd.progress import EventLog
 
 
 def shifted(x: torch.Tensor, dy: int, dx: int, shift: int) -> torch.Tensor:
@@ -212,15 +213,6 @@ def test_fit_refuses_logits_of_another_shape():
 # --- prepare_inputs and the cached pool logits -------------------------------------------------------------
 
 
-class Events:
-    def __init__(self):
-        self.events: list[tuple[str, dict]] = []
-
-    def __call__(self, event: str, **data):
-        self.events.append((event, data))
-
-    def names(self) -> list[str]:
-        return [e for e, _ in self.events]
 
 
 def aug_space(tiny: dict, augment) -> dict:
@@ -241,7 +233,7 @@ def session_teacher(tiny_space_data):
 @pytest.mark.parametrize("augment", [False, {"choices": [False]}])
 def test_no_pool_when_no_trial_can_augment(tiny_space, session_teacher, augment):
     teacher, data = session_teacher
-    events = Events()
+    events = EventLog()
     inputs = prepare_inputs(space_from_dict(aug_space(tiny_space, augment)), data, teacher=teacher, progress=events)
     assert inputs.pool is None and inputs.pool_logits is None
     assert inputs.teacher is teacher and inputs.data is data
@@ -253,7 +245,7 @@ def test_pool_and_cached_teacher_logits_when_a_trial_can_augment(tiny_space, ses
     teacher, data = session_teacher
     teacher = dataclasses.replace(teacher, cache_dir=tmp_path)  # a fresh cache folder for the pool logits
     sp = space_from_dict(aug_space(tiny_space, augment))
-    events = Events()
+    events = EventLog()
     inputs = prepare_inputs(sp, data, teacher=teacher, progress=events)
     n, k = len(data.train_y), data.num_classes
     assert inputs.pool.shape == (2, *data.train_x.shape)
@@ -265,7 +257,7 @@ def test_pool_and_cached_teacher_logits_when_a_trial_can_augment(tiny_space, ses
     files = list(tmp_path.glob(f"{teacher.key}-views-*.pt"))
     assert len(files) == 1
 
-    again_events = Events()
+    again_events = EventLog()
     again = prepare_inputs(sp, data, teacher=teacher, progress=again_events)
     assert again_events.names() == []  # loaded from the file, not recomputed
     assert torch.equal(again.pool_logits, inputs.pool_logits)
@@ -285,7 +277,7 @@ def test_corrupt_pool_logits_are_set_aside_and_rebuilt(tiny_space, session_teach
     good = prepare_inputs(sp, data, teacher=teacher).pool_logits
     (path,) = tmp_path.glob("*-views-*.pt")
     path.write_bytes(b"not a tensor file")
-    events = Events()
+    events = EventLog()
     rebuilt = prepare_inputs(sp, data, teacher=teacher, progress=events).pool_logits
     assert events.names() == ["teacher.corrupt", "teacher.views"]
     assert torch.equal(rebuilt, good)
@@ -298,7 +290,7 @@ def test_pool_key_depends_on_views_and_seed(tiny_space, session_teacher, tmp_pat
     prepare_inputs(space_from_dict(aug_space(tiny_space, True)), data, teacher=teacher)
     other = aug_space(tiny_space, True)
     other["train"]["seed"] = 1
-    events = Events()
+    events = EventLog()
     prepare_inputs(space_from_dict(other), data, teacher=teacher, progress=events)
     assert events.names() == ["teacher.views"]  # another pool: not served from the first file
     assert len(list(tmp_path.glob("*-views-*.pt"))) == 2

@@ -15,6 +15,7 @@ from autokd.errors import SpaceError
 from autokd.space import space_from_dict
 from autokd.teacher import ensemble_key, get_teacher, pool_logits, teacher_key
 from autokd.train import predict
+from autokd.progress import EventLog
 
 BASE = {
     "version": 1, "name": "ens",
@@ -30,15 +31,6 @@ def ens_space(n: int, **teacher):
     return space_from_dict(data)
 
 
-class Events:
-    def __init__(self):
-        self.events: list[tuple[str, dict]] = []
-
-    def __call__(self, event: str, **data):
-        self.events.append((event, data))
-
-    def of(self, name: str) -> list[dict]:
-        return [d for e, d in self.events if e == name]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def data():
 def trained(data, tmp_path_factory):
     """An ensemble of 2 trained into an empty folder: (folder, teacher, events)."""
     folder = tmp_path_factory.mktemp("ensemble")
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(ens_space(2), data, cache_dir=folder, progress=events)
     return folder, teacher, events
 
@@ -89,7 +81,7 @@ def test_ensemble_logits_are_the_mean_of_the_members(trained, data):
 
 def test_later_call_reuses_every_member(trained, data):
     folder, first, _ = trained
-    events = Events()
+    events = EventLog()
     again = get_teacher(ens_space(2), data, cache_dir=folder, progress=events)
     assert events.of("teacher.start") == [] and events.of("teacher.epoch") == []
     assert again.source == "cache" and again.key == first.key
@@ -102,7 +94,7 @@ def test_member_0_is_the_single_teacher(trained, data):
     single = ens_space(1)
     assert teacher_key(single) == teacher_key(ens_space(2), 0) == teacher_key(ens_space(5), 0)
     assert ensemble_key(single) == teacher_key(single)
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(single, data, cache_dir=folder, progress=events)
     assert events.of("teacher.start") == []
     assert teacher.source == "cache" and teacher.key == teacher_key(single)
@@ -114,7 +106,7 @@ def test_growing_the_ensemble_trains_only_the_new_member(trained, data, tmp_path
     folder, _, _ = trained
     for f in folder.iterdir():
         shutil.copy(f, tmp_path / f.name)
-    events = Events()
+    events = EventLog()
     three = get_teacher(ens_space(3), data, cache_dir=tmp_path, progress=events)
     assert [d["member"] for d in events.of("teacher.start")] == [2]
     assert three.source == "trained" and len(three.models) == 3

@@ -389,3 +389,26 @@ def test_kill_9_during_a_trial_then_resume(tmp_path, monkeypatch, cli):
     retried = [t for t in after if t.user_attrs.get("retry_of") == 1]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == before[1].params
+
+
+def test_a_finished_study_returns_before_loading_data_or_the_teacher(url, tiny_space, tmp_path, monkeypatch):
+    from autokd.progress import EventLog
+
+    space = dict(tiny_space, distill={"kd": True, "teacher": {"family": "resnet", "width": 8, "epochs": 1}},
+                 search={"n_trials": 1}, compress={"finetune_epochs": 0})
+    sp = space_from_dict(space)
+    first = run_search(sp, storage=url, device="cpu")
+    assert first.complete == 1
+    # A rerun with an empty teacher cache and no dataset loader must do nothing at all.
+    monkeypatch.setenv("AUTOKD_CACHE_DIR", str(tmp_path / "empty-cache"))
+    import autokd.study
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished study loaded its dataset")
+
+    monkeypatch.setattr(autokd.study, "load_dataset", no_data)
+    log = EventLog()
+    again = run_search(sp, storage=url, device="cpu", progress=log)
+    assert again.complete == 1 and again.ran_this_run == 0
+    assert log.names() == ["study.resume"]
+    assert not (tmp_path / "empty-cache").exists()

@@ -14,22 +14,9 @@ from autokd.data import load_dataset
 from autokd.errors import CacheError
 from autokd.space import space_from_dict
 from autokd.teacher import get_teacher, resolve_cache_dir, teacher_key
+from autokd.progress import EventLog
 
 
-class Events:
-    """A progress callback that records every event."""
-
-    def __init__(self):
-        self.events: list[tuple[str, dict]] = []
-
-    def __call__(self, event: str, **data):
-        self.events.append((event, data))
-
-    def names(self) -> list[str]:
-        return [e for e, _ in self.events]
-
-    def of(self, name: str) -> list[dict]:
-        return [d for e, d in self.events if e == name]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +39,7 @@ def data(teacher_space):
 def trained(teacher_space, data, tmp_path_factory):
     """The first call into an empty cache folder: (folder, teacher, events)."""
     folder = tmp_path_factory.mktemp("teachers")
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(teacher_space, data, cache_dir=folder, progress=events)
     return folder, teacher, events
 
@@ -77,7 +64,7 @@ def test_miss_trains_and_writes_the_file(trained, teacher_space, data):
 def test_hit_loads_without_training(trained, teacher_space, data, tmp_path):
     folder, first, _ = trained
     shutil.copy(folder / f"{first.key}.pt", tmp_path / f"{first.key}.pt")
-    events = Events()
+    events = EventLog()
     again = get_teacher(teacher_space, data, cache_dir=tmp_path, progress=events)
     assert again.source == "cache"
     assert again.key == first.key
@@ -94,12 +81,12 @@ def test_cache_folder_from_the_environment(trained, teacher_space, data, tmp_pat
     folder, first, _ = trained
     shutil.copy(folder / f"{first.key}.pt", tmp_path / f"{first.key}.pt")
     monkeypatch.setenv("AUTOKD_CACHE_DIR", str(tmp_path))
-    events = Events()
+    events = EventLog()
     assert get_teacher(teacher_space, data, progress=events).source == "cache"
     assert "teacher.epoch" not in events.names()
 
 
-def _assert_rebuilt(folder: Path, key: str, garbage: bytes, teacher, events: Events):
+def _assert_rebuilt(folder: Path, key: str, garbage: bytes, teacher, events: EventLog):
     path = folder / f"{key}.pt"
     assert teacher.source == "trained"
     assert [d["epoch"] for d in events.of("teacher.epoch")] == [1]
@@ -118,7 +105,7 @@ def test_corrupt_file_is_set_aside_and_rebuilt(trained, teacher_space, data, tmp
     good = (folder / f"{first.key}.pt").read_bytes()
     bad = os.urandom(256) if kind == "garbage" else good[: len(good) // 2]
     (tmp_path / f"{first.key}.pt").write_bytes(bad)
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(teacher_space, data, cache_dir=tmp_path, progress=events)
     _assert_rebuilt(tmp_path, first.key, bad, teacher, events)
     assert get_teacher(teacher_space, data, cache_dir=tmp_path).source == "cache"
@@ -132,7 +119,7 @@ def test_file_of_another_key_is_not_trusted(trained, teacher_space, data, tmp_pa
     assert other_key != first.key
     wrong = (folder / f"{first.key}.pt").read_bytes()
     (tmp_path / f"{other_key}.pt").write_bytes(wrong)
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(other, data, cache_dir=tmp_path, progress=events)
     _assert_rebuilt(tmp_path, other_key, wrong, teacher, events)
 
@@ -173,7 +160,7 @@ def test_checkpoint_is_loaded_instead_of_training(trained, teacher_space, data, 
     torch.save(first.model.state_dict(), ckpt)
     sp = space_from_dict(teacher_space.model_dump(mode="json"),
                          overrides=[f"distill.teacher.checkpoint={ckpt}"])
-    events = Events()
+    events = EventLog()
     teacher = get_teacher(sp, data, cache_dir=tmp_path / "cache", progress=events)
     assert teacher.source == "checkpoint"
     assert "teacher.epoch" not in events.names()

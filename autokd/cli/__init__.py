@@ -36,7 +36,6 @@ from autokd.cli import report, search, studies, validate  # noqa: E402  (command
 __all__ = ["app", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-invoked_args: list[str] = []  # the arguments of the running command (for "resume with: ..." lines)
 
 
 def _err(console: Console, line: str) -> None:
@@ -52,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     - anything else: one line, exit 1 (``AUTOKD_DEBUG=1`` shows the traceback).
     """
     args = sys.argv[1:] if argv is None else list(argv)
-    global invoked_args
-    invoked_args = args
     console = Console(stderr=True)
     debug = os.environ.get("AUTOKD_DEBUG", "") not in ("", "0")
     try:

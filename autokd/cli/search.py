@@ -17,9 +17,8 @@ from autokd.space import load_space
 class RichProgress:
     """Turns the stages' progress events into rich bars and a few printed lines."""
 
-    def __init__(self, console: Console, target: int):
+    def __init__(self, console: Console):
         self.console = console
-        self.target = target
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                              transient=False)
@@ -110,18 +109,17 @@ def search(
 
     sp = load_space(space, overrides=set_ or [])
     console = Console()
-    with RichProgress(console, sp.search.n_trials) as ui:
+    with RichProgress(console) as ui:
         result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
                             cache_dir=cache_dir, allow_space_change=allow_space_change, progress=ui)
     st = result.study
     info = build_report(st, sp)
     if result.complete:
         print_report(info, console)
-    again = ["autokd", "report", str(space), *sum((["--set", s] for s in set_ or []), [])]
-    if storage:
-        again += ["--storage", storage]
-    if study:
-        again += ["--study", study]
+    # The commands to see the report again and to continue are rebuilt from this command's own options.
+    which = [str(space), *[a for s in set_ or [] for a in ("--set", s)], *(["--storage", storage] if storage else []),
+             *(["--study", study] if study else [])]
+    again = ["autokd", "report", *which]
     err = Console(stderr=True)
     if result.stopped == "max_failures":
         err.print(f"[red]error: stopped after {result.failed_this_run} failed trials (search.max_failures); "
@@ -131,10 +129,13 @@ def search(
         err.print(f"[red]error: every trial failed; last error: {result.last_error}[/]")
         return 1
     if result.stopped == "timeout":
-        import autokd.cli as cli
-
-        console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun the "
-                      f"same command to continue: autokd {shlex.join(cli.invoked_args)}")
+        resume = ["autokd", "search", *which, "--timeout", f"{timeout:g}",
+                  *(["--device", device] if device != "auto" else []),
+                  *(["--cache-dir", str(cache_dir)] if cache_dir else []),
+                  *(["--allow-space-change"] if allow_space_change else [])]
+        console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun to "
+                      f"continue: {shlex.join(resume)}")
+        return 0
     extra = " (one past the target: a pending KD twin completed the last pair)" \
         if result.complete > result.target and result.ran_this_run else ""
     console.print(f"Done: {result.complete} complete trials (target {result.target}){extra} in {result.storage}, "

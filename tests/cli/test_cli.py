@@ -271,7 +271,9 @@ def test_timeout_prints_the_command_that_resumes(cli, space_file, tiny_space, tm
     assert res.code == 0, res.err
     assert "Stopped at --timeout with 1/2 complete trials" in res.out
     assert "autokd --unrelated" not in res.out  # the caller's sys.argv
-    assert "rerun the same command to continue: autokd " + " ".join(args) in res.out
+    resume = f"rerun to continue: autokd search {path} --storage {url} --timeout 1 --device cpu"
+    assert resume in res.out
+    assert "Done:" not in res.out  # it stopped, it is not done
 
 
 def test_search_that_trains_an_ensemble_teacher_first_completes_its_trials(cli, space_file, tiny_space, tmp_path,
