@@ -4,13 +4,25 @@ Small datasets live on the device as whole tensors, so a training step is an ind
 DataLoader round trip (the per-batch overhead would dominate tiny models). ``digits`` is scikit-learn's bundled
 8×8 digits and needs no network; torchvision datasets are read from ``root`` and downloaded only with
 ``download: true``.
+
+``mnist`` and ``fashion_mnist`` are read from IDX files (gzipped or not, see :func:`read_idx`) with numpy alone:
+``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``
+(each optionally ending in ``.gz``), either directly in ``root`` or in torchvision's layout ``<root>/<Name>/raw/``
+(Name = ``MNIST`` / ``FashionMNIST``). With no ``root``, ``fashion_mnist`` reads the files that Debian's
+``dataset-fashion-mnist`` package installs in :data:`DEBIAN_FASHION_MNIST` (``/usr/share/datasets/fashion-mnist``);
+the environment variable ``AUTOKD_FASHION_MNIST_DIR`` names another folder to use instead. Debian packages no
+MNIST, so ``mnist`` needs a ``root``. With ``download: true`` and the files missing, torchvision downloads them
+into ``<root>/<Name>/raw/``.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
+import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from autokd.errors import DataError, Problem
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable naming a folder to read Fashion-MNIST from when ``dataset.root`` is not set.
+FASHION_MNIST_DIR_ENV = "AUTOKD_FASHION_MNIST_DIR"
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,24 @@ def dataset_key(dataset_spec: Any) -> str:
 
 
 def load_dataset(dataset_spec: Any) -> Splits:
-    """Load and split the dataset described by a ``DatasetSpec`` (cached per process)."""
-    return _load_cached(json.dumps(dataset_spec.model_dump(mode="json"), sort_keys=True))
+    """Load and split the dataset described by a ``DatasetSpec`` (cached per process).
+
+    The cache key is the spec plus the folder a rootless ``fashion_mnist`` reads (``AUTOKD_FASHION_MNIST_DIR``
+    is looked up on every call, so changing it is not hidden by the cache).
+    """
+    spec_json = json.dumps(dataset_spec.model_dump(mode="json"), sort_keys=True)
+    default_dir = str(fashion_mnist_dir()) if dataset_spec.name == "fashion_mnist" and not dataset_spec.root else ""
+    return _load_cached(spec_json, default_dir)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(spec_json: str) -> Splits:
+def _load_cached(spec_json: str, default_dir: str = "") -> Splits:
     spec = json.loads(spec_json)
+    if default_dir:
+        spec["_default_dir"] = default_dir
     loader = _LOADERS[spec["name"]]
+    # Loaders return float32 in [0, 1], or uint8 (0..255), which is scaled here after the split and the limit,
+    # so only the images kept are ever converted to float.
     x_trainval, y_trainval, x_test, y_test = loader(spec)
     rng_seed = spec["split_seed"]
     if x_test is None:  # no official test split: carve one out, stratified
@@ -79,7 +106,7 @@ def _load_cached(spec_json: str) -> Splits:
     size = spec.get("image_size")
     tensors = []
     for x in (x_train, x_val, x_test):
-        t = torch.as_tensor(x, dtype=torch.float32)
+        t = _to_float(x)
         if size and t.shape[-1] != size:
             t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
         tensors.append(t)
@@ -91,6 +118,13 @@ def _load_cached(spec_json: str) -> Splits:
     return Splits(spec["name"], x_train.contiguous(), torch.as_tensor(y_train, dtype=torch.long),
                   x_val.contiguous(), torch.as_tensor(y_val, dtype=torch.long), x_test.contiguous(),
                   torch.as_tensor(y_test, dtype=torch.long), num_classes)
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    """float32 tensor of ``x``; uint8 is scaled to [0, 1] in one pass (no float64 intermediate)."""
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).mul_(1.0 / 255.0)
+    return torch.as_tensor(x, dtype=torch.float32)
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
@@ -142,6 +176,182 @@ def _torchvision(cls_name: str, *, channels_last: bool):
     return load
 
 
+# --- IDX files (MNIST, Fashion-MNIST) ----------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_FILES = (("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+_IDX_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's class (and folder) names
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder a ``fashion_mnist`` dataset without ``root`` reads: ``$AUTOKD_FASHION_MNIST_DIR`` if set,
+    else :data:`DEBIAN_FASHION_MNIST` (Debian's ``dataset-fashion-mnist`` package)."""
+    env = os.environ.get(FASHION_MNIST_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else DEBIAN_FASHION_MNIST
+
+
+def _bad_idx(path: Path, what: str) -> DataError:
+    return DataError(Problem(f"cannot read IDX file {path}: {what}", "dataset.root"))
+
+
+def _read_exact(f, buf: memoryview) -> int:
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """The array stored in an IDX file (gzipped or plain, told apart by content, not by name).
+
+    IDX: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64),
+    the number of dimensions, each dimension as a big-endian uint32, then the data in C order, big-endian. MNIST's
+    images are ``0x00000803`` (N, rows, cols) and its labels ``0x00000801`` (N,). A missing, truncated, oversized
+    or otherwise corrupt file raises a :class:`DataError` at ``dataset.root`` that names the file.
+    Multi-byte types come back in native byte order.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise _bad_idx(path, f"too short for an IDX header ({len(head)} bytes)")
+            if head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+                raise _bad_idx(path, f"not an IDX file (magic 0x{head.hex()})")
+            dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise _bad_idx(path, f"header truncated (magic 0x{head.hex()} promises {ndim} dimensions)")
+            dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+            shape = "×".join(map(str, dims)) or "a scalar"
+            nbytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
+            # Check the size before allocating: a damaged header must not ask for terabytes. A plain file's data
+            # size is exact; deflate expands at most ~1032:1, which bounds what a gzip file can hold.
+            stored = path.stat().st_size - 4 - 4 * ndim
+            limit = stored if not gz else 1032 * path.stat().st_size
+            if nbytes > limit:
+                holds = f"holds only {stored}" if not gz else f"cannot hold that many in {limit // 1032} bytes"
+                raise _bad_idx(path, f"truncated or corrupt: the header says {shape} ({nbytes} bytes of data), "
+                                     f"the file {holds}")
+            out = np.empty(dims, dtype=dtype)
+            got = _read_exact(f, memoryview(out.reshape(-1).view(np.uint8))) if nbytes else 0
+            if got < nbytes:
+                raise _bad_idx(path, f"truncated: the header says {shape} ({nbytes} bytes of data), the file "
+                                     f"holds {got}")
+            if f.read(1):
+                raise _bad_idx(path, f"longer than its header says ({shape}, {nbytes} bytes of data)")
+    except FileNotFoundError:
+        raise DataError(Problem(f"no IDX file at {path}", "dataset.root")) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a damaged or cut-off gzip stream
+        raise _bad_idx(path, f"corrupt gzip data ({exc or type(exc).__name__})") from None
+    except OSError as exc:
+        raise _bad_idx(path, exc.strerror or str(exc)) from None
+    except MemoryError:
+        raise _bad_idx(path, "its header asks for more memory than this machine has") from None
+    return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):  # the plain file reads faster
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _idx_folders(spec: dict) -> list[Path]:
+    """Where to look, in order: ``root`` then ``root/<Name>/raw``; without root, Fashion-MNIST's default folder."""
+    if spec.get("root"):
+        root = Path(spec["root"]).expanduser()
+        return [root, root / _IDX_FOLDER[spec["name"]] / "raw"]
+    if spec["name"] == "fashion_mnist":
+        return [Path(spec.get("_default_dir") or fashion_mnist_dir())]
+    return []
+
+
+def _locate_idx(spec: dict) -> dict[str, tuple[Path, Path]] | None:
+    """The four files from the first folder that holds all of them (None if none does)."""
+    for folder in _idx_folders(spec):
+        found = {split: (_find_idx(folder, img), _find_idx(folder, lab)) for split, img, lab in _IDX_FILES}
+        if all(p is not None for pair in found.values() for p in pair):
+            return found
+    return None
+
+
+def _idx_missing(spec: dict, exc: Exception | None = None) -> DataError:
+    """One line: where we looked, and every way to get the files."""
+    name, root = spec["name"], spec.get("root")
+    folders = _idx_folders(spec)
+    files = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    where = " or ".join(str(f) for f in folders) if folders else "(no root given)"
+    looked = f"{name} not found under {where} (looked for {files}, each plain or .gz)"
+    if exc is not None:
+        return DataError(Problem(f"{looked}; the download into {root} failed: {exc}", "dataset.root"))
+    if name == "fashion_mnist":
+        if root:
+            how = (f"put the IDX files in {root}, set dataset.download: true to fetch them into it, or remove "
+                   f"dataset.root to read Debian's copy (apt-get install dataset-fashion-mnist)")
+        else:
+            how = ("install them with apt-get install dataset-fashion-mnist, set dataset.root to a folder holding "
+                   "them, or set dataset.download: true with a dataset.root to fetch them there")
+    else:  # Debian packages no MNIST
+        how = (f"put the IDX files in {root}, or set dataset.download: true to fetch them into it" if root else
+               "set dataset.root to a folder holding them, or set dataset.download: true with a dataset.root "
+               "to fetch them there (no system package provides MNIST)")
+    return DataError(Problem(f"{looked}; {how}", "dataset.root"))
+
+
+def _idx_download(spec: dict) -> None:
+    """torchvision's download of all four files into ``<root>/<Name>/raw/`` (train and test in one go)."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _IDX_FOLDER[spec["name"]])
+    try:
+        cls(str(Path(spec["root"]).expanduser()), train=False, download=True)
+    except (RuntimeError, OSError) as exc:  # "Dataset not found or corrupted", network errors
+        raise _idx_missing(spec, exc) from None
+
+
+def _idx_dataset(spec: dict) -> tuple:
+    """MNIST / Fashion-MNIST from IDX files: images as uint8 (N, 1, 28, 28), labels int64."""
+    files = _locate_idx(spec)
+    if files is None:
+        if not spec.get("download"):
+            raise _idx_missing(spec)
+        if not spec.get("root"):
+            raise DataError(Problem("download: true needs a root folder to download into", "dataset.root"))
+        _idx_download(spec)
+        files = _locate_idx(spec)
+        if files is None:
+            raise _idx_missing(spec, RuntimeError("the files are still missing after the download"))
+    out = []
+    shape = None
+    for split, (img_path, lab_path) in files.items():
+        x, y = read_idx(img_path), read_idx(lab_path)
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise _bad_idx(img_path, f"expected uint8 images (magic 0x00000803), found {x.dtype} with "
+                                     f"{x.ndim} dimensions")
+        if y.ndim != 1 or y.dtype != np.uint8:
+            raise _bad_idx(lab_path, f"expected uint8 labels (magic 0x00000801), found {y.dtype} with "
+                                     f"{y.ndim} dimensions")
+        if len(x) != len(y):
+            raise _bad_idx(lab_path, f"{len(y)} labels for the {len(x)} images of {img_path.name}")
+        if len(x) == 0:
+            raise _bad_idx(img_path, "no images")
+        if shape is not None and x.shape[1:] != shape:
+            raise _bad_idx(img_path, f"images of {x.shape[1]}×{x.shape[2]} pixels, the training images have "
+                                     f"{shape[0]}×{shape[1]}")
+        shape = x.shape[1:]
+        out += [x[:, None], y.astype(np.int64)]
+    return tuple(out)
+
+
 def _imagefolder(spec: dict) -> tuple:
     from torchvision import datasets, transforms
 
@@ -160,8 +370,8 @@ def _imagefolder(spec: dict) -> tuple:
 
 _LOADERS = {
     "digits": _digits,
-    "mnist": _torchvision("MNIST", channels_last=False),
-    "fashion_mnist": _torchvision("FashionMNIST", channels_last=False),
+    "mnist": _idx_dataset,
+    "fashion_mnist": _idx_dataset,
     "cifar10": _torchvision("CIFAR10", channels_last=True),
     "cifar100": _torchvision("CIFAR100", channels_last=True),
     "imagefolder": _imagefolder,
