@@ -1,5 +1,10 @@
-"""One trial: sampling -> build -> dense training -> prune -> quantize -> fine-tune (QAT) -> measure, with KD (when
-on) in both training phases, and the record the trial leaves in the study.
+"""One trial: sampling -> (repeat r: build -> dense training -> prune -> quantize -> fine-tune (QAT) -> measure)
+-> record, with KD (when on) in both training phases.
+
+With ``train.repeats: R`` a trial trains its configuration R times, each repeat with its own random streams
+(initialization, data order, views, pruning calibration) derived from (``train.seed``, repeat, phase); it reports
+the mean metrics to the sampler and keeps each repeat's metrics under ``metrics["repeats"]``. The saved model is
+repeat 0's (``model_repeat: 0`` on the trial).
 
 :func:`run_config` is the pipeline as a plain function of a resolved :class:`~autokd.sampling.TrialConfig`
 (usable without Optuna); :class:`Objective` wraps it for ``study.optimize``: it samples the configuration, records
@@ -25,8 +30,8 @@ from autokd.models import build_student
 from autokd.progress import ProgressCallback, silent
 from autokd.sampling import TrialConfig, sample
 from autokd.space import Choices, Space
-from autokd.teacher import Teacher, pool_logits
-from autokd.train import Distillation, Optim, fit
+from autokd.teacher import Teacher, ViewPool, pool_logits, view_accuracy
+from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
 OBJECTIVE_METRICS = {"flops": "flops", "bitops": "bitops", "size": "size_bytes", "params": "params"}
@@ -45,20 +50,41 @@ class TrialInputs:
     pool_logits: torch.Tensor | None = None
 
 
-def prepare_inputs(space: Space, data: Splits, *, teacher: Teacher | None = None,
-                   progress: ProgressCallback = silent) -> TrialInputs:
-    """Build the view pool (if any trial can augment) and the teacher's cached logits over it."""
+def can_augment(space: Space) -> bool:
+    """Whether any trial of the space trains on augmented views."""
     aug = space.train.augment
-    can_augment = True in aug.choices if isinstance(aug, Choices) else bool(aug)
-    if not can_augment:
-        return TrialInputs(data, teacher)
+    return True in aug.choices if isinstance(aug, Choices) else bool(aug)
+
+
+def view_pool(space: Space, data: Splits) -> ViewPool | None:
+    """The fixed pool of augmented views (None when no trial of the space augments).
+
+    The pool is data: drawn once from ``train.seed`` (not per repeat), so the teacher can be trained on it and its
+    logits over it cached; each repeat draws its own view per image per epoch from its own stream."""
+    if not can_augment(space):
+        return None
     views, seed, flip = space.train.augment_views, space.train.seed, data.name in FLIP_DATASETS
-    pool = augment_pool(data.train_x, views=views, seed=seed, flip=flip)
+    shift = max(1, round(min(data.train_x.shape[-2:]) / 8))
+    x = augment_pool(data.train_x, views=views, seed=seed, flip=flip, max_shift=shift)
+    return ViewPool(x, {"views": views, "shift": shift, "flip": flip, "seed": seed})
+
+
+def prepare_inputs(space: Space, data: Splits, *, teacher: Teacher | None = None, pool: ViewPool | None = None,
+                   progress: ProgressCallback = silent) -> TrialInputs:
+    """The view pool (built here unless given) and the teacher's cached logits over it; sets the teacher's
+    ``view_accuracy``."""
+    if pool is None:
+        pool = view_pool(space, data)
+    if pool is None:
+        return TrialInputs(data, teacher)
     logits = None
     if teacher is not None:
-        pool_key = f"{dataset_key(space.dataset)}-{views}-{seed}-{int(flip)}"
-        logits = pool_logits(teacher, pool, pool_key=pool_key, progress=progress)
-    return TrialInputs(data, teacher, pool, logits)
+        pool_key = f"{dataset_key(space.dataset)}-{pool.key}"
+        logits = pool_logits(teacher, pool.views, pool_key=pool_key, progress=progress)
+        teacher.view_accuracy = view_accuracy(logits, data.train_y)
+        progress("teacher.views_done", view_accuracy=teacher.view_accuracy, train_accuracy=teacher.train_accuracy,
+                 augmented=teacher.augmented)
+    return TrialInputs(data, teacher, pool.views, logits)
 
 
 @dataclass
@@ -67,13 +93,15 @@ class TrialOutcome:
     metrics: dict[str, float]
 
 
-def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, device: str | torch.device = "cpu",
-               progress: ProgressCallback = silent) -> TrialOutcome:
-    """Build, train, compress, fine-tune and measure the model that ``cfg`` describes.
+def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 0,
+               device: str | torch.device = "cpu", progress: ProgressCallback = silent) -> TrialOutcome:
+    """Build, train, compress, fine-tune and measure the model that ``cfg`` describes, as repeat ``repeat``.
 
     Every configuration trains ``train.epochs`` dense epochs plus ``compress.finetune_epochs`` fine-tune epochs,
     whether or not it prunes or quantizes, so accuracy differences come from the techniques and not from extra
-    training. KD (when on) is used in both phases, from the teacher's cached logits.
+    training. KD (when on) is used in both phases, from the teacher's cached logits. Each random stream is
+    :func:`~autokd.train.stream_seed` of (``train.seed``, ``repeat``, phase), so repeats never share one and a KD
+    trial and its twin share all of them.
     """
     if isinstance(inputs, Splits):
         inputs = TrialInputs(inputs)
@@ -89,24 +117,31 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, device: str | 
         logits = inputs.pool_logits if augment else inputs.teacher.train_logits
         distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha)
 
-    torch.manual_seed(cfg.train.seed)
+    def seed_of(phase: str) -> int:
+        return stream_seed(cfg.train.seed, repeat, phase)
+
+    torch.manual_seed(seed_of("init"))
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
 
-    def phase(name: str, opt: Optim, seed: int) -> None:
-        progress("trial.phase", phase=name, epochs=opt.epochs)
-        fit(model, x, data.train_y, opt, seed=seed, distill=distill,
+    def phase(name: str, opt: Optim) -> None:
+        progress("trial.phase", phase=name, epochs=opt.epochs, repeat=repeat, repeats=cfg.train.repeats)
+        torch.manual_seed(seed_of(name))  # dropout draws from the global stream: one per (repeat, phase)
+        fit(model, x, data.train_y, opt, seed=seed_of(name), distill=distill,
             on_epoch=lambda e, n, loss: progress("trial.epoch", phase=name, epoch=e, epochs=n, loss=loss))
 
-    phase("train", Optim.from_train(cfg.train), cfg.train.seed)
+    phase("train", Optim.from_train(cfg.train))
     if c.prune_ratio > 0:
-        calib = (data.train_x[:CALIBRATION_IMAGES], data.train_y[:CALIBRATION_IMAGES])
+        gen = torch.Generator().manual_seed(seed_of("prune"))
+        pick = torch.randperm(len(data.train_y), generator=gen)[:CALIBRATION_IMAGES].to(data.train_y.device)
+        calib = (data.train_x[pick], data.train_y[pick])
+        torch.manual_seed(seed_of("prune"))  # the "random" criterion draws from the global stream
         model = prune_model(model, ratio=c.prune_ratio, method=c.prune_method, example_input=data.train_x[:1],
                             round_to=c.round_to, calibration=calib)
     if c.bits != 32:
         model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
     if c.finetune_epochs:
         lr = c.finetune_lr if c.finetune_lr is not None else cfg.train.lr / 2
-        phase("finetune", Optim.from_train(cfg.train, epochs=c.finetune_epochs, lr=lr), cfg.train.seed + 1)
+        phase("finetune", Optim.from_train(cfg.train, epochs=c.finetune_epochs, lr=lr))
 
     model.eval()
     metrics = {"val_accuracy": accuracy(model, data.val_x, data.val_y),
@@ -116,12 +151,14 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, device: str | 
 
 
 def save_trial_model(path: Path, model: nn.Module, *, number: int, params: dict, settings: dict,
-                     metrics: dict) -> None:
-    """Save a trained trial (whole module, so pruned/quantized shapes survive) with its settings, atomically."""
+                     metrics: dict, repeat: int = 0) -> None:
+    """Save a trained trial (whole module, so pruned/quantized shapes survive) with its settings, atomically.
+
+    ``repeat`` says which repeat's weights these are (``metrics`` holds the mean and every repeat's metrics)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": TRIAL_FORMAT, "number": number, "params": params, "settings": settings,
-                "metrics": metrics, "model": model.cpu()}, tmp)
+                "metrics": metrics, "repeat": repeat, "model": model.cpu()}, tmp)
     os.replace(tmp, path)
 
 
@@ -134,6 +171,13 @@ def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = blob.pop("model")
     model.eval()
     return model, blob
+
+
+def mean_metrics(per_repeat: list[dict[str, float]]) -> dict[str, Any]:
+    """The mean of each metric over the repeats, plus ``"repeats"``: every repeat's own metrics (in order)."""
+    keys = per_repeat[0].keys()
+    mean = {k: float(sum(m[k] for m in per_repeat) / len(per_repeat)) for k in keys}
+    return {**mean, "repeats": [dict(m) for m in per_repeat]}
 
 
 class Objective:
@@ -162,17 +206,20 @@ class Objective:
         trial.set_user_attr("settings", cfg.settings())
         self.progress("trial.start", number=trial.number, params=cfg.params)
         start = time.perf_counter()
-        outcome = run_config(cfg, self.inputs, device=self.device, progress=self.progress)
+        outcomes = [run_config(cfg, self.inputs, repeat=r, device=self.device, progress=self.progress)
+                    for r in range(cfg.train.repeats)]
         seconds = time.perf_counter() - start
-        metrics = outcome.metrics
+        metrics = mean_metrics([o.metrics for o in outcomes])
+        outcome = outcomes[0]
         trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("model_repeat", 0)
         trial.set_user_attr("seconds", round(seconds, 3))
         if self.inputs.teacher is not None and cfg.distill.kd:
             trial.set_user_attr("teacher", self.inputs.teacher.key)
         if self.artifacts is not None:
             path = self.artifacts / "trials" / f"{trial.number}.pt"
             save_trial_model(path, outcome.model, number=trial.number, params=cfg.params, settings=cfg.settings(),
-                             metrics=metrics)
+                             metrics=metrics, repeat=0)
             trial.set_user_attr("model_path", str(path))
         self.progress("trial.done", number=trial.number, metrics=metrics, seconds=seconds, params=cfg.params)
         return [metrics["val_accuracy"]] + [metrics[OBJECTIVE_METRICS[o]] for o in self.space.search.objectives]

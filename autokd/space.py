@@ -121,6 +121,10 @@ class TeacherSpec(_Strict):
     lr: float = Field(0.05, gt=0)
     checkpoint: str | None = Field(None, description="A state_dict (.pt) of this architecture to load instead of training.")
     ensemble: int = Field(1, ge=1, le=16, description="Teachers trained with different seeds; KD uses their mean logits.")
+    augment: Literal["auto", False] = Field(
+        "auto", description="'auto': when any trial can augment, the teacher trains on the students' view pool "
+        "(one view per image per epoch) before labelling it; false: clean images only (its soft targets over "
+        "the views are then often wrong).")
 
 
 class DistillSpec(_Strict):
@@ -148,6 +152,9 @@ class TrainSpec(_Strict):
                                "from the seed; the teacher's logits over them are cached.")
     grad_clip: float | None = Field(5.0, gt=0, description="Clip the gradient norm (keeps low-bit QAT stable).")
     seed: int = Field(0, description="Initialization, data order and augmentation of every trial.")
+    repeats: int = Field(1, ge=1, le=32, description="Train every configuration this many times, each repeat "
+                         "with its own random streams derived from (seed, repeat, phase); the trial reports the "
+                         "mean and keeps each repeat's metrics.")
 
 
 PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale"]

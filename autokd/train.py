@@ -7,6 +7,7 @@ plain step plus one small loss: the teacher never runs inside this loop.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,17 @@ from torch import nn
 from autokd.distill import kd_loss
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
+
+
+def stream_seed(seed: int, repeat: int, phase: str) -> int:
+    """The seed of one random stream of a trial: (``train.seed``, repeat, phase) hashed to 63 bits.
+
+    Phases are ``init``, ``train``, ``prune`` and ``finetune``. Hashing (rather than ``seed + repeat``) keeps every
+    (repeat, phase) stream apart: the old ``seed + 1`` for the fine-tune phase would collide with repeat 1's
+    ``seed + 1``. A KD trial and its KD-off twin share every stream, repeat by repeat.
+    """
+    digest = hashlib.sha256(f"autokd-stream:{int(seed)}:{int(repeat)}:{phase}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

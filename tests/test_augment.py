@@ -17,7 +17,7 @@ from autokd.objective import TrialInputs, prepare_inputs, run_config
 from autokd.sampling import TrialConfig
 from autokd.space import resolve, space_from_dict
 from autokd.teacher import get_teacher
-from autokd.train import Distillation, Optim, fit, predict
+from autokd.train import Distillation, Optim, fit, predict, stream_seed
 from autokd.progress import EventLog
 
 
@@ -253,13 +253,15 @@ def test_pool_and_cached_teacher_logits_when_a_trial_can_augment(tiny_space, ses
     assert inputs.pool_logits.shape == (2, n, k)
     for v in range(2):
         torch.testing.assert_close(inputs.pool_logits[v], predict(teacher.model, inputs.pool[v]))
-    assert events.names() == ["teacher.views"]
+    assert events.names() == ["teacher.views", "teacher.views_done"]
+    assert teacher.view_accuracy == pytest.approx(
+        float((inputs.pool_logits.argmax(-1) == data.train_y).float().mean()))
     files = list(tmp_path.glob(f"{teacher.key}-views-*.pt"))
     assert len(files) == 1
 
     again_events = EventLog()
     again = prepare_inputs(sp, data, teacher=teacher, progress=again_events)
-    assert again_events.names() == []  # loaded from the file, not recomputed
+    assert again_events.names() == ["teacher.views_done"]  # loaded from the file, not recomputed
     assert torch.equal(again.pool_logits, inputs.pool_logits)
     assert list(tmp_path.glob("*")) == files
 
@@ -279,7 +281,7 @@ def test_corrupt_pool_logits_are_set_aside_and_rebuilt(tiny_space, session_teach
     path.write_bytes(b"not a tensor file")
     events = EventLog()
     rebuilt = prepare_inputs(sp, data, teacher=teacher, progress=events).pool_logits
-    assert events.names() == ["teacher.corrupt", "teacher.views"]
+    assert events.names() == ["teacher.corrupt", "teacher.views", "teacher.views_done"]
     assert torch.equal(rebuilt, good)
     assert path.with_name(path.name + ".corrupt").read_bytes() == b"not a tensor file"
 
@@ -292,7 +294,7 @@ def test_pool_key_depends_on_views_and_seed(tiny_space, session_teacher, tmp_pat
     other["train"]["seed"] = 1
     events = EventLog()
     prepare_inputs(space_from_dict(other), data, teacher=teacher, progress=events)
-    assert events.names() == ["teacher.views"]  # another pool: not served from the first file
+    assert events.names()[0] == "teacher.views"  # another pool: not served from the first file
     assert len(list(tmp_path.glob("*-views-*.pt"))) == 2
 
 
@@ -327,7 +329,10 @@ def test_kd_trial_and_twin_train_on_the_same_pool_and_seeds(tiny_space, session_
         assert seed_on == seed_off
         assert d_off is None
         assert d_on.logits is inputs.pool_logits
-    assert [s for _, s, _ in seen[True]] == [0, 1]
+    # One stream per (train.seed, repeat, phase): the fine-tune phase no longer uses train.seed + 1, which would
+    # collide with repeat 1's stream.
+    assert [s for _, s, _ in seen[True]] == [stream_seed(0, 0, "train"), stream_seed(0, 0, "finetune")]
+    assert len({stream_seed(0, r, p) for r in range(4) for p in ("init", "train", "prune", "finetune")}) == 16
 
 
 def test_augmenting_trial_needs_a_pool(tiny_space, session_teacher):
