@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from autokd import __version__
 from autokd.data import load_dataset
 from autokd.errors import AutokdError, Problem, StudyError, hint
-from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs
+from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled, space_from_dict, space_hash, to_dict
 from autokd.teacher import get_teacher
@@ -42,6 +42,7 @@ STUDIES_DIR = Path("studies")
 ATTR_SPACE = "autokd.space"
 ATTR_HASH = "autokd.space_hash"
 ATTR_VERSION = "autokd.version"
+ATTR_TEACHER = "autokd.teacher"  # the teacher's accuracies (clean train/val/test and over the view pool)
 
 
 @contextlib.contextmanager
@@ -327,9 +328,10 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         return result
     # Data and teacher problems surface before a new study is created, so a corrected space is not refused later.
     data = load_dataset(space.dataset).to(dev)
+    pool = view_pool(space, data)  # before the teacher: with augmentation the teacher trains on it
     teacher = None
     if kd_possible(space):
-        teacher = get_teacher(space, data, cache_dir=cache_dir, device=dev, progress=progress)
+        teacher = get_teacher(space, data, pool=pool, cache_dir=cache_dir, device=dev, progress=progress)
         result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
     if study is None:
         study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
@@ -337,7 +339,9 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     study.set_user_attr("autokd.dataset_sizes", data.sizes)
 
     study.sampler = make_sampler(space, n_existing=len(study.trials))
-    inputs = prepare_inputs(space, data, teacher=teacher, progress=progress)
+    inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
+    if teacher is not None:
+        study.set_user_attr(ATTR_TEACHER, teacher.summary())
     objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     with quiet_optuna():
@@ -408,6 +412,9 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "settings": dict(t.user_attrs.get("settings", {})),
             "seconds": t.user_attrs.get("seconds"),
             "fail_reason": t.user_attrs.get("fail_reason"),
+            "twin_of": t.user_attrs.get("twin_of"),
+            "retry_of": t.user_attrs.get("retry_of"),
+            "duplicate_of": t.user_attrs.get("duplicate_of"),
         })
     return records
 
@@ -416,10 +423,14 @@ def kd_searched(space: Space) -> bool:
     return any(d.path == KD_PARAM for d in dimensions(space))
 
 
-def build_report(study: optuna.Study, space: Space, *, include_all: bool = False) -> dict[str, Any]:
-    """The report data of a study (Pareto front, and the KD section when distill.kd is searched)."""
+def build_report(study: optuna.Study, space: Space, *, include_all: bool = False,
+                 margin: float = 1.0) -> dict[str, Any]:
+    """The report data of a study (Pareto front, and the KD section when distill.kd is searched).
+
+    ``margin`` is the orthogonality margin in accuracy points (``--margin``)."""
     from autokd.report import study_report
 
     return study_report(trial_records(study), directions=[d.name for d in study.directions], study=study.study_name,
                         metric_names=metric_names(space), include_all=include_all,
-                        dataset_sizes=study.user_attrs.get("autokd.dataset_sizes"), with_kd=kd_searched(space))
+                        dataset_sizes=study.user_attrs.get("autokd.dataset_sizes"), with_kd=kd_searched(space),
+                        teacher=study.user_attrs.get(ATTR_TEACHER), margin=margin)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from autokd.cli import app
-from autokd.cli.common import SetOpt, StorageOpt, StudyOpt
+from autokd.cli.common import MarginOpt, SetOpt, StorageOpt, StudyOpt
 from autokd.errors import AutokdError, Problem
 
 
@@ -41,14 +41,16 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
                                         help="Also draw the trials and both KD fronts (.png via matplotlib, "
                                              ".html via plotly)."),
+    margin: MarginOpt = 1.0,
 ) -> None:
     """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL), with the KD
-    section: paired KD gains with confidence intervals, per-setting breakdown, fronts and a verdict."""
+    section: paired KD gains with confidence intervals, whether each other technique is orthogonal to KD (within
+    --margin points), fronts and a verdict."""
     from autokd.report.render import print_report, to_json
     from autokd.study import build_report, trial_records
 
     st, sp = open_report_study(space, set_ or [], storage, study)
-    info = build_report(st, sp, include_all=all_)
+    info = build_report(st, sp, include_all=all_, margin=margin)
     if plot is not None:
         from autokd.report.plot import write_plot
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autokd.cli import app
-from autokd.cli.common import CacheDirOpt, SetOpt, SpaceArg, StorageOpt, StudyOpt
+from autokd.cli.common import CacheDirOpt, MarginOpt, SetOpt, SpaceArg, StorageOpt, StudyOpt
 from autokd.space import load_space
 
 
@@ -61,14 +61,24 @@ class RichProgress:
         elif event == "teacher.done":
             how = {"cache": "loaded from the cache", "trained": "trained and cached",
                    "checkpoint": "loaded from its checkpoint"}[d["source"]]
-            log(f"Teacher {how} ({d['path']}): val acc {100 * d['val_accuracy']:.1f}%, "
+            on = " on the students' augmented views" if d.get("augmented") else ""
+            train = f"train acc {100 * d['train_accuracy']:.1f}%, " if d.get("train_accuracy") is not None else ""
+            log(f"Teacher{on} {how} ({d['path']}): {train}val acc {100 * d['val_accuracy']:.1f}%, "
                 f"test acc {100 * d['test_accuracy']:.1f}%.")
+        elif event == "teacher.views_done":
+            gap = (d["train_accuracy"] or 0.0) - d["view_accuracy"]
+            style = "yellow" if gap > 0.05 else "default"
+            log(f"[{style}]Teacher accuracy on its {'training' if d.get('augmented') else 'unseen'} augmented views: "
+                f"{100 * d['view_accuracy']:.1f}%"
+                + (" (more than 5 pts below its clean accuracy: its soft targets over the views are often wrong)"
+                   if gap > 0.05 else "") + ".[/]")
         elif event == "trial.start":
             settings = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in d["params"].items())
             self.current = d["number"]
             self.settings = settings
         elif event == "trial.phase":
-            self._inner(f"trial {self.current} {d['phase']}", d["epochs"])
+            rep = f" (repeat {d['repeat'] + 1}/{d['repeats']})" if d.get("repeats", 1) > 1 else ""
+            self._inner(f"trial {self.current} {d['phase']}{rep}", d["epochs"])
         elif event == "trial.epoch":
             self.bars.update(self.inner, completed=d["epoch"])
         elif event == "trial.done":
@@ -101,6 +111,7 @@ def search(
     cache_dir: CacheDirOpt = None,
     allow_space_change: bool = typer.Option(False, "--allow-space-change",
                                             help="Continue a study whose space differs from SPACE."),
+    margin: MarginOpt = 1.0,
 ) -> int:
     """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
     Pareto report."""
@@ -113,7 +124,7 @@ def search(
         result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
                             cache_dir=cache_dir, allow_space_change=allow_space_change, progress=ui)
     st = result.study
-    info = build_report(st, sp)
+    info = build_report(st, sp, margin=margin)
     if result.complete:
         print_report(info, console)
     # The commands to see the report again and to continue are rebuilt from this command's own options.

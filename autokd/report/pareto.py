@@ -108,3 +108,57 @@ def pareto_info(records: Sequence[dict[str, Any]], *, directions: Sequence[str],
               for r in sorted(shown, key=lambda r: r["number"])]
     return {"study": study, "directions": dirs, "metric_names": list(metric_names or []), "pareto": pareto,
             "trials": trials, "states": states, "dataset_sizes": dataset_sizes}
+
+
+def front_comparison(trials: Sequence[dict[str, Any]], *, cost_metric: str = "flops", metric: str = "val_accuracy",
+                     kd_param: str = "distill.kd") -> dict[str, Any]:
+    """Compare the accuracy/cost Pareto front of KD-on trials with that of KD-off trials (all COMPLETE trials with
+    a KD flag and finite ``metric`` and ``cost_metric``; unpaired trials included).
+
+    Reference point (shared by both fronts, reported in the result): ``acc_ref = 0.0`` -- the worst possible
+    accuracy, so the value does not depend on which trials happened to run (lowered to the smallest observed value
+    if a metric is negative); ``cost_ref = 1.1 * max cost`` over all those trials (1.0 if every cost is 0), so the
+    costliest trial still adds area.
+
+    ``dominated_share``: share of KD-off front points that some KD-on front point weakly dominates while differing
+    from it (None if the KD-off front is empty). Fronts are lists of trial numbers sorted by ascending cost. A side
+    with more trials tends to get a larger hypervolume; ``n_kd_on``/``n_kd_off`` are reported so a reader can judge.
+
+    Returns ``{"metric", "cost_metric", "reference", "hv_kd_on", "hv_kd_off", "dominated_share", "front_kd_on",
+    "front_kd_off", "n_kd_on", "n_kd_off"}``; with no usable trials, reference and hypervolumes are None.
+    """
+    from autokd.report.pairing import is_state, kd_flag, metric_of
+
+    sides: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}
+    for trial in trials:
+        if not is_state(trial, "COMPLETE"):
+            continue
+        flag = kd_flag(trial, kd_param)
+        acc, cost = metric_of(trial.get("metrics"), metric), metric_of(trial.get("metrics"), cost_metric)
+        if flag is None or acc is None or cost is None:
+            continue
+        sides[flag].append((int(trial["number"]), acc, cost))
+
+    result: dict[str, Any] = {"metric": metric, "cost_metric": cost_metric, "reference": None, "hv_kd_on": None,
+                              "hv_kd_off": None, "dominated_share": None, "front_kd_on": [], "front_kd_off": [],
+                              "n_kd_on": len(sides[True]), "n_kd_off": len(sides[False])}
+    everything = sides[True] + sides[False]
+    if not everything:
+        return result
+    directions = ["maximize", "minimize"]
+    max_cost = max(c for _, _, c in everything)
+    reference = [min(0.0, min(a for _, a, _ in everything)), 1.1 * max_cost if max_cost > 0 else 1.0]
+    result["reference"] = [float(reference[0]), float(reference[1])]
+    fronts: dict[bool, np.ndarray] = {}
+    for flag, label in ((True, "kd_on"), (False, "kd_off")):
+        rows = sides[flag]
+        points = np.asarray([(a, c) for _, a, c in rows], dtype=float).reshape(-1, 2)
+        idx = pareto_front(points, directions=directions) if rows else []
+        idx = sorted(idx, key=lambda i: (points[i, 1], -points[i, 0], rows[i][0]))
+        fronts[flag] = points[idx]
+        result[f"front_{label}"] = [rows[i][0] for i in idx]
+        result[f"hv_{label}"] = hypervolume_2d(points[idx], directions=directions, reference=reference)
+    if len(fronts[False]):
+        flip = np.asarray([-1.0, 1.0])
+        result["dominated_share"] = float(_dominated_mask(fronts[False] * flip, fronts[True] * flip).mean())
+    return result

@@ -91,17 +91,17 @@ def to_json(info: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# KD section
+# KD section: the numbers come from autokd.report.kd_gain; the words from autokd.report.verdict.
 
 
 def _gain(v: Any) -> str:
     return "-" if v is None else f"{100 * v:+.1f}"
 
 
-def _ci(s: dict[str, Any]) -> str:
-    if s.get("ci_low") is None:
+def _ci(low: Any, high: Any) -> str:
+    if low is None or high is None:
         return "-"
-    return f"{100 * s['ci_low']:+.1f} … {100 * s['ci_high']:+.1f}"
+    return f"{100 * low:+.1f} … {100 * high:+.1f}"
 
 
 def _p(p: Any) -> str:
@@ -110,36 +110,60 @@ def _p(p: Any) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def kd_teacher_text(kd: dict[str, Any]) -> Text | None:
+    t = kd.get("teacher")
+    if not t:
+        return None
+    acc = [f"{name} {100 * t[key]:.1f}%" for name, key in (("train", "train_accuracy"), ("val", "val_accuracy"),
+                                                          ("test", "test_accuracy"), ("augmented views", "view_accuracy"))
+           if t.get(key) is not None]
+    how = " (trained on the students' view pool)" if t.get("augmented") else ""
+    members = f"{t['members']} members, " if t.get("members", 1) > 1 else ""
+    return Text(f"Teacher{how}: {members}accuracy " + ", ".join(acc) + ".", style="dim")
+
+
 def kd_gain_table(kd: dict[str, Any]) -> Table:
-    table = Table(title="KD gain, paired twins (KD on − KD off, points)", title_justify="left", header_style="bold")
-    for col in ("metric", "pairs", "mean", "95% CI", "win rate", "sign-test p"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+    unit = "configurations" if kd.get("repeats", 1) > 1 else "pairs"
+    table = Table(title=f"KD gain, paired twins (KD on − KD off, points; {kd.get('repeats', 1)} repeat(s) per trial)",
+                  title_justify="left", header_style="bold")
+    for col in ("metric", unit, "mean", "95% CI (t)", "HL", "signed-rank p", "win", "error red."):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "metric")
     for metric, s in kd["gain"].items():
-        table.add_row(metric, str(s["n_pairs"]), _gain(s.get("mean")), _ci(s),
-                      "-" if s.get("win_rate") is None else f"{100 * s['win_rate']:.0f}%", _p(s.get("p_sign")))
+        rer = s.get("relative_error_reduction")
+        table.add_row(metric.removesuffix("_accuracy"), str(s["n_pairs"]), _gain(s.get("mean")),
+                      _ci(s.get("ci_low"), s.get("ci_high")),
+                      _gain(s.get("hodges_lehmann")), _p(s.get("p_signed_rank")),
+                      "-" if s.get("win_rate") is None else f"{100 * s['win_rate']:.0f}%",
+                      "-" if rer is None else f"{100 * rer:+.0f}%")
     return table
 
 
-def _level(level: str) -> str:
-    return {"True": "on", "False": "off"}.get(level, level)
+_VERDICT_STYLE = {"orthogonal": "green", "interacts": "red", "undetermined": "yellow"}
 
 
 def kd_factor_table(kd: dict[str, Any]) -> Table:
-    table = Table(title=f"KD gain by the level of each other setting ({kd.get('metric', 'val_accuracy')})",
-                  title_justify="left", header_style="bold")
-    table.add_column("setting", no_wrap=True)
-    table.add_column("level")
-    for col in ("pairs", "mean", "95% CI", "win rate", "interaction p (Holm-adjusted)"):
-        table.add_column(col, justify="right")
+    """One row per technique, as in the paper: KD's gain at each level, the largest difference between levels
+    [90% CI], the interaction p (Holm) and the verdict against the margin."""
+    from autokd.report.verdict import level_name
+
+    margin = kd.get("margin") or 0.01
+    table = Table(title=f"Is KD's gain the same with and without each technique? ({kd.get('metric', 'val_accuracy')}, "
+                        f"margin ±{100 * margin:.1f} pts)", title_justify="left", header_style="bold")
+    table.add_column("technique", no_wrap=True)
+    table.add_column("KD gain per level (pairs)")
+    table.add_column("largest difference [90% CI]", justify="right")
+    table.add_column("p (Holm)", justify="right")
+    table.add_column("verdict", justify="right", no_wrap=True)
     for f in kd["factors"]:
-        for i, lv in enumerate(f["levels"]):
-            p = ""
-            if i == 0:
-                p = "too few pairs" if f.get("p_interaction") is None else \
-                    f"{_p(f['p_interaction'])} ({_p(f.get('p_adjusted'))})"
-            table.add_row(f["factor"] if i == 0 else "", _level(lv["level"]), str(lv["n_pairs"]), _gain(lv.get("mean")),
-                          _ci(lv), "-" if lv.get("win_rate") is None else f"{100 * lv['win_rate']:.0f}%", p,
-                          end_section=i == len(f["levels"]) - 1)
+        levels = "  ".join(f"{level_name(lv['level'])}: {_gain(lv.get('mean'))}"
+                           + (f" adj {_gain(lv['adjusted'])}" if lv.get("adjusted") is not None else "")
+                           + f" ({lv['n_pairs']})" for lv in f["levels"])
+        d = f.get("max_difference")
+        diff = "-" if not d or d.get("estimate") is None else \
+            f"{level_name(d['high'])}−{level_name(d['low'])} {_gain(d['estimate'])} [{_ci(d.get('ci_low'), d.get('ci_high'))}]"
+        word = f.get("verdict", "undetermined")
+        p = "-" if f.get("p_interaction") is None else f"{_p(f['p_interaction'])} ({_p(f.get('p_adjusted'))})"
+        table.add_row(_short(f["factor"]), levels, diff, p, Text(word, style=_VERDICT_STYLE.get(word, "")))
     return table
 
 
@@ -161,11 +185,23 @@ def _n(n: int, word: str) -> str:
 
 
 def render_kd(kd: dict[str, Any]) -> Group:
-    parts: list[Any] = [kd_gain_table(kd)]
+    parts: list[Any] = []
+    teacher = kd_teacher_text(kd)
+    if teacher is not None:
+        parts.append(teacher)
+    parts.append(kd_gain_table(kd))
     if kd["factors"]:
         parts.append(kd_factor_table(kd))
-    parts += [kd_fronts_text(kd), Text(f"{_n(kd['n_pairs'], 'pair')} of twins, {_n(kd['n_unpaired'], 'unpaired trial')}.", style="dim"),
-              Text("Verdict: ", style="bold") + Text(kd["verdict"], style="bold")]
+    model = kd.get("model") or {}
+    counts = (f"{_n(kd['n_pairs'], 'pair')} of twins, {_n(kd.get('n_lost_pairs', 0), 'lost pair')}, "
+              f"{_n(kd.get('n_pending', 0), 'pending twin')}, {_n(kd['n_unpaired'], 'unpaired trial')}.")
+    method = (f" Per-technique model: {model.get('n_coefficients')} coefficients, {model.get('df_resid')} residual df, "
+              f"{model.get('se')} standard errors, {model.get('test')}." if model.get("fitted") else "")
+    parts += [kd_fronts_text(kd), Text(counts + method, style="dim"),
+              Text(f"Estimand: {kd['estimand']}.", style="dim") if kd.get("estimand") else Text("")]
+    for w in kd.get("warnings") or []:
+        parts.append(Text("Warning: " + w, style="yellow"))
+    parts.append(Text("Verdict: ", style="bold") + Text(kd["verdict"], style="bold"))
     return Group(*parts)
 
 

@@ -1,5 +1,7 @@
-"""``autokd report`` with the KD section: JSON equal to ``build_report``, the verdict line, ``--plot`` to PNG and
-HTML (and a clear error for other suffixes), and no KD section (and no plot) when distill.kd is not searched."""
+"""``autokd report`` with the KD section: JSON equal to ``build_report`` with the overall word, the teacher, lost
+pairs, the margin, per-technique verdicts and heterogeneity (trials with repeats); ``--margin`` (and a one-line
+exit 2 for a bad one); the verdict line; ``--plot`` to PNG and HTML (and a clear error for other suffixes); and no
+KD section (and no plot) when distill.kd is not searched."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from autokd.space import space_from_dict
-from autokd.study import build_report, create_or_load_study, load_study
+from autokd.study import ATTR_TEACHER, build_report, create_or_load_study, load_study
 
-N_PAIRS = 8
+N_PAIRS = 12
+REPEATS = 2
+TEACHER = {"train_accuracy": 0.99, "val_accuracy": 0.97, "test_accuracy": 0.96, "view_accuracy": 0.80,
+           "augmented": False, "members": 1, "source": "trained", "key": "k"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -28,7 +33,8 @@ def report_space(tiny: dict, *, kd_searched: bool = True) -> dict:
 
 
 def fill(study, *, kd_searched: bool, n_pairs: int = N_PAIRS) -> None:
-    """``n_pairs`` KD twins (KD on 1.5 points better, with noise), or plain trials without the KD parameter."""
+    """``n_pairs`` KD twins (KD on 1.5 points better, with noise; trial 2i+1 is the recorded twin of 2i; each trial
+    keeps its ``REPEATS`` per-repeat metrics), or plain trials without the KD parameter."""
     rng = np.random.default_rng(3)
     dists = {"model.width_mult": CategoricalDistribution([0.25, 0.5]),
              "train.lr": FloatDistribution(0.01, 0.1, log=True)}
@@ -40,14 +46,21 @@ def fill(study, *, kd_searched: bool, n_pairs: int = N_PAIRS) -> None:
         base = 0.6 + 0.2 * width + rng.normal(0, 0.02)
         flops = 1e6 * width * (1 + i / 10)
         sides = ([(True, base + 0.015 + rng.normal(0, 0.003)), (False, base)] if kd_searched else [(None, base)])
-        for kd, acc in sides:
+        spread = rng.normal(0, 0.004, REPEATS)
+        for side, (kd, acc) in enumerate(sides):
             params = {"model.width_mult": width, "train.lr": lr}
             if kd is not None:
                 params["distill.kd"] = kd
+            reps = acc + spread - spread.mean() + (rng.normal(0, 0.001, REPEATS) if side else 0.0)
+            reps += acc - reps.mean()
+            metrics = {"val_accuracy": acc, "test_accuracy": acc - 0.01, "flops": flops,
+                       "repeats": [{"val_accuracy": float(a), "test_accuracy": float(a) - 0.01, "flops": flops}
+                                   for a in reps]}
+            attrs = {"twin_of": len(study.trials) - 1} if side else {}
             study.add_trial(create_trial(
                 state=TrialState.COMPLETE, values=[acc, flops], params=params, distributions=dists,
-                user_attrs={"metrics": {"val_accuracy": acc, "test_accuracy": acc - 0.01, "flops": flops},
-                            "settings": {"train": {"seed": 0}, "distill": {"kd": kd is not False}}}))
+                user_attrs={"metrics": metrics, "settings": {"train": {"seed": 0}, "distill": {"kd": kd is not False}},
+                            **attrs}))
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +72,8 @@ def stored(tmp_path_factory, tiny_space_data):
         study = create_or_load_study(space_from_dict(report_space(tiny_space_data, kd_searched=kd_searched)),
                                      storage=url)
         fill(study, kd_searched=kd_searched)
+        if kd_searched:
+            study.set_user_attr(ATTR_TEACHER, TEACHER)
     return folder, url
 
 
@@ -68,18 +83,57 @@ def test_json_has_the_kd_section_of_build_report(cli, stored):
     assert res.code == 0, res.err
     data = json.loads(res.out)
     kd = data["kd"]
-    assert {"n_pairs", "pairs", "gain", "factors", "fronts", "verdict"} <= set(kd)
+    assert {"n_pairs", "pairs", "gain", "factors", "fronts", "verdict", "overall", "teacher", "lost_pairs",
+            "n_lost_pairs", "margin", "heterogeneity"} <= set(kd)
     assert kd["n_pairs"] == N_PAIRS and len(kd["pairs"]) == N_PAIRS
-    assert kd["pairs"] == [{"on": 2 * i, "off": 2 * i + 1} for i in range(N_PAIRS)]
+    assert [(p["on"], p["off"]) for p in kd["pairs"]] == [(2 * i, 2 * i + 1) for i in range(N_PAIRS)]
+    assert all(p["linked"] and len(p["repeat_gains"]) == REPEATS for p in kd["pairs"])
     study, space = load_study(storage=url, study_name="kdrep")
     expected = build_report(study, space)
     assert kd == expected["kd"]
     assert data["pareto"] == expected["pareto"]
     assert kd["gain"]["val_accuracy"]["mean"] == pytest.approx(0.015, abs=0.003)
+    assert kd["overall"] == "adds"
     assert kd["verdict"].startswith("KD adds"), kd["verdict"]
+    assert kd["margin"] == 0.01
+    assert kd["teacher"] == TEACHER
+    assert any("augmented views" in w for w in kd["warnings"])
+    assert kd["lost_pairs"] == [] and kd["n_lost_pairs"] == 0
     assert {f["factor"] for f in kd["factors"]} >= {"model.width_mult"}
+    for f in kd["factors"]:
+        assert f["verdict"] in {"orthogonal", "interacts", "undetermined"}, f
+    het = kd["heterogeneity"]
+    assert het["n_configurations"] == N_PAIRS and het["repeats"] == REPEATS and het["tau"] is not None
+    assert f"over {N_PAIRS} configurations" in kd["verdict"]
     for t in data["trials"]:
         assert t["twin"] == t["number"] ^ 1  # 2i <-> 2i+1
+
+
+def test_margin_option(cli, stored):
+    _, url = stored
+    res = cli("report", "--storage", url, "--study", "kdrep", "--json", "--margin", "2")
+    assert res.code == 0, res.err
+    kd = json.loads(res.out)["kd"]
+    assert kd["margin"] == pytest.approx(0.02)
+    study, space = load_study(storage=url, study_name="kdrep")
+    assert kd == build_report(study, space, margin=2.0)["kd"]
+    default = build_report(study, space)["kd"]
+    assert "within ±2.0 pts" in kd["verdict"] and "within ±1.0 pts" in default["verdict"]
+    # a wider margin is easier to show equivalence within
+    assert [f["factor"] for f in kd["factors"]] == [f["factor"] for f in default["factors"]]
+    for wide, narrow in zip(kd["factors"], default["factors"]):
+        assert wide["p_equivalence"] < narrow["p_equivalence"], (wide, narrow)
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "0", "1e9"])
+def test_a_bad_margin_is_exit_2_with_one_line(cli, stored, value):
+    _, url = stored
+    res = cli("report", "--storage", url, "--study", "kdrep", "--json", "--margin", value)
+    assert res.code == 2, (res.out, res.err)
+    assert "Traceback" not in res.out + res.err
+    assert len(res.err_lines) == 1, res.err
+    assert res.err_lines[0].startswith("error: ") and "--margin" in res.err_lines[0], res.err_lines[0]
+    assert res.out == ""
 
 
 def test_human_report_prints_the_verdict_line(cli, stored):
@@ -90,9 +144,13 @@ def test_human_report_prints_the_verdict_line(cli, stored):
     verdict = build_report(study, space)["kd"]["verdict"]
     lines = [line.strip() for line in res.out.splitlines()]
     assert f"Verdict: {verdict}" in lines, res.out
-    assert "KD gain, paired twins (KD on − KD off, points)" in res.out
+    assert "KD gain, paired twins" in res.out
     assert "95% CI" in res.out
-    assert f"{N_PAIRS} pairs of twins, 0 unpaired trials." in res.out
+    assert f"{N_PAIRS} pairs of twins, 0 lost pairs" in res.out and "0 unpaired trials" in res.out
+    assert any(line.startswith("Teacher") and "augmented views 80.0%" in line for line in lines), res.out
+    assert any(line.startswith("Warning: The teacher is 19.0 pts less accurate") for line in lines), res.out
+    (row,) = [line for line in lines if line.startswith("│ width_mult ")]
+    assert row.rstrip("│ ").split("│")[-1].strip() in {"orthogonal", "interacts", "undetermined"}
 
 
 def test_plot_png(cli, stored, tmp_path):
@@ -162,10 +220,11 @@ def test_report_of_a_kd_study_with_no_trials_yet(cli, tmp_path, tiny_space):
     assert res.code == 0, res.err
     kd = json.loads(res.out)["kd"]
     assert kd["n_pairs"] == 0 and kd["pairs"] == []
-    assert kd["verdict"].startswith("Too few KD pairs to tell (0 pairs")
+    assert kd["overall"] == "too_few_pairs" and kd["heterogeneity"] is None and kd["teacher"] is None
+    assert kd["verdict"].startswith("No complete KD pairs yet"), kd["verdict"]
     human = cli("report", "--storage", url, "--study", "kdrep")
     assert human.code == 0, human.err
-    assert "Verdict: Too few KD pairs to tell" in human.out
+    assert "Verdict: No complete KD pairs yet" in human.out
     html = cli("report", "--storage", url, "--study", "kdrep", "--plot", tmp_path / "empty.html", "--json")
     # nothing to draw: one located refusal, for .html as for .png, and no file
     assert html.code == 2 and html.err.startswith("error: --plot: "), html.err

@@ -1,540 +1,358 @@
-"""Tests for autokd.report.kd_gain: KD-twin statistics on synthetic trials
-whose true KD effect is known by construction."""
+"""Tests for autokd.report.kd_gain.kd_analysis, the one-call assembly of the KD report, on synthetic KD twins whose
+true gain is known by construction: the overall word, lost/pending pairs, per-technique verdicts against the margin,
+per-level intervals, the teacher warning, relative error reduction, repeats and heterogeneity, and the JSON keys.
+
+(The statistics themselves are tested in test_stats.py and test_orthogonality.py, the pairing rules in
+test_pairing.py, the words in test_verdict.py, the fronts in test_pareto.py.)"""
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
 
-from autokd.report.kd_gain import (
-    Pair,
-    factor_breakdown,
-    find_pairs,
-    front_comparison,
-    holm_adjust,
-    hypervolume_2d,
-    kd_analysis,
-    paired_gains,
-    pareto_front,
-    summarize_gain,
-    verdict,
-)
-
-MAX_MIN = ["maximize", "minimize"]
-
-
-# --------------------------------------------------------------------------- #
-# synthetic trials
-# --------------------------------------------------------------------------- #
-def make_trial(number, params, *, kd, acc, seed=0, flops=1e6, state="COMPLETE",
-               kd_in_params=True):
-    params = dict(params)
-    if kd_in_params:
-        params["distill.kd"] = kd
-    settings = {"distill": {"kd": kd, "temperature": 4.0}}
-    if seed is not None:
-        settings["train"] = {"seed": seed, "epochs": 1}
-    return {"number": number, "state": state, "params": params,
-            "metrics": {"val_accuracy": acc, "test_accuracy": acc - 0.01,
-                        "flops": flops, "size_bytes": 1000, "params": 123},
-            "settings": settings}
-
-
-class Study:
-    """Builds KD twins with consecutive trial numbers."""
-
-    def __init__(self):
-        self.trials = []
-
-    def twin(self, params, *, base, gain, seed=0, flops=1e6):
-        n = len(self.trials)
-        self.trials.append(make_trial(n, params, kd=True, acc=base + gain, seed=seed, flops=flops))
-        self.trials.append(make_trial(n + 1, params, kd=False, acc=base, seed=seed, flops=flops))
-
-
-def factorial_study(gain_fn, *, noise_seed=0, noise=0.01, antithetic=False):
-    """bits x width x seed design (48 pairs); label smoothing varies too but
-    never matters. ``gain_fn(params)`` is the true KD gain."""
-    rng = np.random.default_rng(noise_seed)
-    study = Study()
-    cells = list(itertools.product([2, 4, 8, 32], [0.25, 0.5, 0.75, 1.0], [0, 1, 2]))
-    eps = rng.normal(0.0, noise, size=len(cells))
-    if antithetic:  # exactly mean-zero noise: the sample mean equals the truth
-        eps[1::2] = -eps[0::2]
-    for i, (bits, width, seed) in enumerate(cells):
-        params = {"compress.bits": bits, "model.width_mult": width,
-                  "train.label_smoothing": [0.0, 0.1][(i // 3) % 2]}
-        base = 0.70 + 0.1 * width - (0.05 if bits == 2 else 0.0) + rng.normal(0, 0.02)
-        study.twin(params, base=base, gain=gain_fn(params) + eps[i], seed=seed,
-                   flops=1e6 * width * bits / 8)
-    return study.trials
-
-
-def by_factor(breakdown):
-    return {entry["factor"]: entry for entry in breakdown}
-
-
-# --------------------------------------------------------------------------- #
-# end-to-end scenarios with known truth
-# --------------------------------------------------------------------------- #
-def test_constant_gain_is_found_and_no_factor_is_flagged():
-    trials = factorial_study(lambda p: 0.02)
-    pairs = find_pairs(trials)
-    assert len(pairs) == 48
-    gains = paired_gains(pairs)
-    summary = summarize_gain(gains)
-    assert summary["n_pairs"] == 48
-    assert abs(summary["mean"] - 0.02) < 0.005
-    assert summary["ci_low"] < 0.02 < summary["ci_high"]
-    assert summary["ci_low"] > 0
-    assert summary["win_rate"] > 0.9
-    assert summary["p_sign"] < 1e-6
-
-    breakdown = factor_breakdown(pairs)
-    assert set(by_factor(breakdown)) == {"compress.bits", "model.width_mult",
-                                         "train.label_smoothing"}
-    for entry in breakdown:
-        assert entry["p_interaction"] is not None
-        assert entry["p_adjusted"] > 0.05, entry["factor"]
-    sentence = verdict(summary, breakdown)
-    assert sentence.startswith("KD adds +2.")
-    assert "over 48 pairs" in sentence
-    assert "no factor changes the gain significantly" in sentence
-
-
-def test_gain_that_depends_on_bits_is_flagged():
-    trials = factorial_study(lambda p: 0.05 if p["compress.bits"] in (2, 4) else 0.0)
-    pairs = find_pairs(trials)
-    breakdown = by_factor(factor_breakdown(pairs))
-
-    bits = breakdown["compress.bits"]
-    assert bits["test"] == "permutation-F"
-    assert bits["p_adjusted"] < 0.05
-    assert [lv["level"] for lv in bits["levels"]] == ["2", "4", "8", "32"]
-    means = {lv["level"]: lv["mean"] for lv in bits["levels"]}
-    assert means["2"] == pytest.approx(0.05, abs=0.01)
-    assert means["32"] == pytest.approx(0.0, abs=0.01)
-    for lv in bits["levels"]:
-        assert lv["n_pairs"] == 12
-        assert lv["ci_low"] <= lv["mean"] <= lv["ci_high"]
-
-    assert breakdown["model.width_mult"]["p_adjusted"] > 0.05
-    assert breakdown["train.label_smoothing"]["p_adjusted"] > 0.05
-
-    sentence = verdict(summarize_gain(paired_gains(pairs)), list(breakdown.values()))
-    assert "the gain depends on compress.bits" in sentence
-    assert "model.width_mult" not in sentence
-
-
-def test_no_gain_gives_no_clear_gain():
-    trials = factorial_study(lambda p: 0.0, antithetic=True)
-    pairs = find_pairs(trials)
-    summary = summarize_gain(paired_gains(pairs))
-    assert summary["mean"] == pytest.approx(0.0, abs=1e-12)
-    assert summary["ci_low"] < 0 < summary["ci_high"]
-    sentence = verdict(summary, factor_breakdown(pairs))
-    assert sentence.startswith("No clear KD gain:")
-
-
-def test_negative_gain_says_kd_hurts():
-    trials = factorial_study(lambda p: -0.03)
-    analysis = kd_analysis(trials)
-    assert analysis["gain"]["val_accuracy"]["mean"] == pytest.approx(-0.03, abs=0.005)
-    assert analysis["verdict"].startswith("KD hurts: -")
-
-
-def test_too_few_pairs():
-    study = Study()
-    for bits in (2, 4, 8):
-        study.twin({"compress.bits": bits}, base=0.8, gain=0.01)
-    analysis = kd_analysis(study.trials)
-    assert analysis["n_pairs"] == 3
-    assert analysis["verdict"] == ("Too few KD pairs to tell "
-                                   "(3 pairs, mean gain +1.0 pts; need at least 5).")
-    assert kd_analysis([])["verdict"] == "Too few KD pairs to tell (0 pairs; need at least 5)."
-
-
-# --------------------------------------------------------------------------- #
-# pairing
-# --------------------------------------------------------------------------- #
-def test_pairing_rules():
-    p = {"compress.bits": 4, "model.width_mult": 0.5}
-    q = {"compress.bits": 8, "model.width_mult": 0.5}
-    r = {"compress.bits": 2, "model.width_mult": 1.0}
-    s = {"compress.bits": 32, "model.width_mult": 1.0}
-    trials = [
-        make_trial(0, p, kd=True, acc=0.90),
-        make_trial(1, p, kd=False, acc=0.88),
-        make_trial(2, p, kd=True, acc=0.70),             # duplicate of 0 -> unpaired
-        make_trial(3, q, kd=True, acc=0.90),             # partner failed
-        make_trial(4, q, kd=False, acc=0.85, state="FAIL"),
-        make_trial(5, r, kd=True, acc=0.90, seed=1),     # seeds differ
-        make_trial(6, r, kd=False, acc=0.80, seed=2),
-        make_trial(7, s, kd=True, acc=0.90),             # no partner at all
-        make_trial(8, q | {"train.augment": True}, kd=False, acc=0.8),  # different params
-        make_trial(9, p, kd=False, acc=0.10, state="RUNNING"),
-    ]
-    pairs = find_pairs(trials)
-    assert [pair.numbers for pair in pairs] == [(0, 1)]
-    pair = pairs[0]
-    assert isinstance(pair, Pair)
-    assert pair.params == p and "distill.kd" not in pair.params
-    assert pair.seed == 0
-    assert paired_gains(pairs) == pytest.approx([0.02])
-    with pytest.raises(AttributeError):
-        pair.on = {}  # frozen
-
-    analysis = kd_analysis(trials)
-    assert analysis["n_pairs"] == 1
-    assert analysis["n_unpaired"] == 6  # 2, 3, 5, 6, 7, 8 (FAIL/RUNNING ignored)
-
-
-def test_duplicates_use_lowest_numbers_on_both_sides():
-    p = {"compress.bits": 4}
-    trials = [make_trial(n, p, kd=kd, acc=acc) for n, kd, acc in
-              [(9, True, 0.5), (3, False, 0.8), (5, True, 0.9), (4, False, 0.1)]]
-    pairs = find_pairs(trials)
-    assert [pair.numbers for pair in pairs] == [(5, 3)]
-    assert paired_gains(pairs) == pytest.approx([0.1])
-
-
-def test_seed_missing_counts_as_equal_and_kd_flag_from_settings():
-    p = {"compress.bits": 4}
-    q = {"compress.bits": 8}
-    r = {"compress.bits": 2}
-    trials = [
-        make_trial(0, p, kd=True, acc=0.9, seed=None),
-        make_trial(1, p, kd=False, acc=0.8, seed=None),
-        make_trial(2, q, kd=True, acc=0.9, seed=None),
-        make_trial(3, q, kd=False, acc=0.8, seed=7),
-        make_trial(4, r, kd=True, acc=0.9, kd_in_params=False),
-        make_trial(5, r, kd=False, acc=0.8, kd_in_params=False),
-    ]
-    assert [pair.numbers for pair in find_pairs(trials)] == [(0, 1), (2, 3), (4, 5)]
-
-
-def test_pairs_per_seed_and_metric_missing_is_skipped():
-    study = Study()
-    for seed in range(3):
-        study.twin({"compress.bits": 4}, base=0.8, gain=0.01 * seed, seed=seed)
-    del study.trials[0]["metrics"]["val_accuracy"]
-    pairs = find_pairs(study.trials)
-    assert len(pairs) == 3
-    assert paired_gains(pairs) == pytest.approx([0.01, 0.02])
-    assert paired_gains(pairs, metric="flops") == pytest.approx([0.0, 0.0, 0.0])
-
-
-# --------------------------------------------------------------------------- #
-# summarize_gain
-# --------------------------------------------------------------------------- #
-def test_summary_known_values():
-    gains = [0.01] * 9 + [-0.02]
-    s = summarize_gain(gains)
-    assert s["n_pairs"] == 10
-    assert s["mean"] == pytest.approx(0.007)
-    assert s["sd"] == pytest.approx(np.std(gains, ddof=1))
-    assert s["win_rate"] == pytest.approx(0.9)
-    assert s["p_sign"] == pytest.approx(22 / 1024)  # 2 * P(X >= 9), X ~ Bin(10, 1/2)
-
-    ties = summarize_gain([0.1, 0.0, -0.1, 0.2])
-    assert ties["win_rate"] == pytest.approx(0.625)
-    assert ties["p_sign"] == pytest.approx(binomtest(2, 3, 0.5).pvalue)
-
-
-def test_summary_small_samples():
-    empty = summarize_gain([])
-    assert empty["n_pairs"] == 0
-    assert all(empty[k] is None for k in ("mean", "sd", "ci_low", "ci_high", "win_rate", "p_sign"))
-    one = summarize_gain(np.array([0.03]))
-    assert one["mean"] == pytest.approx(0.03)
-    assert one["ci_low"] is None and one["ci_high"] is None and one["sd"] is None
-    assert summarize_gain([0.0, 0.0])["p_sign"] is None
-
-
-def test_bootstrap_ci_matches_normal_theory_and_is_seeded():
-    rng = np.random.default_rng(1)
-    gains = rng.normal(0.02, 0.01, size=200)
-    s = summarize_gain(gains, seed=3)
-    half = 1.96 * gains.std(ddof=1) / np.sqrt(gains.size)
-    assert s["ci_low"] == pytest.approx(gains.mean() - half, abs=0.15 * half)
-    assert s["ci_high"] == pytest.approx(gains.mean() + half, abs=0.15 * half)
-    assert summarize_gain(gains, seed=3) == s
-    assert summarize_gain(gains, seed=4)["ci_low"] != s["ci_low"]
-    narrow = summarize_gain(gains, seed=3, confidence=0.5)
-    assert s["ci_low"] < narrow["ci_low"] < narrow["ci_high"] < s["ci_high"]
-
-
-def test_bootstrap_coverage_is_near_nominal():
-    rng = np.random.default_rng(7)
-    hits = 0
-    runs = 300
-    for i in range(runs):
-        sample = rng.normal(0.02, 0.01, size=40)
-        s = summarize_gain(sample, n_boot=1000, seed=i)
-        hits += s["ci_low"] <= 0.02 <= s["ci_high"]
-    assert 0.88 <= hits / runs <= 0.99
-
-
-def test_bootstrap_is_fast():
-    gains = np.random.default_rng(0).normal(size=300)
-    start = time.perf_counter()
-    summarize_gain(gains, n_boot=10_000)
-    assert time.perf_counter() - start < 1.0
-
-
-@pytest.mark.parametrize("kwargs", [{"n_boot": 0}, {"confidence": 1.5}, {"confidence": 0},
-                                    {"seed": -1}, {"seed": 1.5}, {"n_boot": True}])
-def test_summary_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        summarize_gain([0.1, 0.2], **kwargs)
-
-
-@pytest.mark.parametrize("gains", [[0.1, float("nan")], [[0.1, 0.2]], "abc", [0.1, None]])
-def test_summary_rejects_bad_gains(gains):
-    with pytest.raises(ValueError):
-        summarize_gain(gains)
-
-
-# --------------------------------------------------------------------------- #
-# factor breakdown
-# --------------------------------------------------------------------------- #
-def test_prune_ratio_bins_and_float_tertiles():
-    study = Study()
-    prune = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 1.0]
-    lr = [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01]
-    for i, (ratio, rate) in enumerate(zip(prune, lr)):
-        study.twin({"compress.prune_ratio": ratio, "train.lr": rate, "train.augment": True},
-                   base=0.8, gain=0.01 * i)
-    entries = by_factor(factor_breakdown(find_pairs(study.trials)))
-    assert "train.augment" not in entries  # only one level
-    prune_entry = entries["compress.prune_ratio"]
-    assert prune_entry["binning"] == "prune_bins"
-    assert [(lv["level"], lv["n_pairs"]) for lv in prune_entry["levels"]] == [
-        ("0", 2), ("(0, 0.25)", 2), ("[0.25, 0.5)", 2), ("[0.5, 0.75)", 2), ("[0.75, 1]", 2)]
-    lr_entry = entries["train.lr"]
-    assert lr_entry["binning"] == "tertiles"
-    # sample tertiles of 0.001..0.010 are 0.004 and 0.007
-    assert [(lv["level"], lv["n_pairs"]) for lv in lr_entry["levels"]] == [
-        ("[0.001, 0.004)", 3), ("[0.004, 0.007)", 3), ("[0.007, 0.01]", 4)]
-
-
-def test_prune_ratio_with_few_values_is_still_binned():
-    study = Study()
-    for ratio in (0.1, 0.2, 0.3, 0.35):
-        study.twin({"compress.prune_ratio": ratio}, base=0.8, gain=0.01)
-    (entry,) = factor_breakdown(find_pairs(study.trials))
-    assert [lv["level"] for lv in entry["levels"]] == ["(0, 0.25)", "[0.25, 0.5)"]
-
-
-def test_interaction_needs_two_levels_with_two_pairs():
-    study = Study()
-    study.twin({"compress.bits": 2, "model.arch": "a"}, base=0.8, gain=0.05)
-    study.twin({"compress.bits": 4, "model.arch": "a"}, base=0.8, gain=0.01, seed=1)
-    study.twin({"compress.bits": 4, "model.arch": "b"}, base=0.8, gain=0.02, seed=2)
-    study.twin({"compress.bits": 8}, base=0.8, gain=0.03)  # model.arch absent
-    entries = by_factor(factor_breakdown(find_pairs(study.trials)))
-    bits = entries["compress.bits"]
-    assert [lv["n_pairs"] for lv in bits["levels"]] == [1, 2, 1]
-    assert bits["p_interaction"] is None and bits["p_adjusted"] is None
-    arch = entries["model.arch"]
-    assert [lv["level"] for lv in arch["levels"]] == ["a", "b", "(absent)"]
-    assert arch["p_interaction"] is None
-    assert arch["levels"][1]["ci_low"] is None  # single pair: no interval
-
-
-def test_permutation_test_is_calibrated_under_the_null():
-    rejections = 0
-    runs = 60
-    for i in range(runs):
-        rng = np.random.default_rng(100 + i)
-        study = Study()
-        for j in range(24):
-            study.twin({"compress.bits": [2, 4, 8][j % 3]}, base=0.8,
-                       gain=rng.normal(0.01, 0.01), seed=j)
-        (entry,) = factor_breakdown(find_pairs(study.trials), n_perm=400, n_boot=1, seed=i)
-        assert 0 < entry["p_interaction"] <= 1
-        rejections += entry["p_interaction"] < 0.05
-    assert rejections <= 9  # expected 3 of 60
-
-
-def test_breakdown_is_deterministic():
-    pairs = find_pairs(factorial_study(lambda p: 0.02))
-    assert factor_breakdown(pairs, seed=1) == factor_breakdown(pairs, seed=1)
-
-
-def test_holm():
-    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert holm_adjust([]) == []
-
-
-def test_breakdown_rejects_bad_arguments():
-    pairs = find_pairs(factorial_study(lambda p: 0.02))
-    with pytest.raises(ValueError):
-        factor_breakdown(pairs, prune_bins=(0.5, 0.25))
-    with pytest.raises(ValueError):
-        factor_breakdown(pairs, n_perm=0)
-    with pytest.raises(ValueError):
-        factor_breakdown([{"on": 1}])
-    with pytest.raises(ValueError):
-        paired_gains(pairs, metric="")
-
-
-# --------------------------------------------------------------------------- #
-# Pareto fronts and hypervolume
-# --------------------------------------------------------------------------- #
-def test_pareto_front_and_hypervolume_by_hand():
-    points = [(0.9, 10.0), (0.8, 5.0), (0.85, 12.0), (0.7, 5.0)]
-    assert pareto_front(points, directions=MAX_MIN) == [0, 1]
-    # boxes [0, 0.9] x [10, 20] (area 9) and [0, 0.8] x [5, 20] (area 12) overlap by 8
-    assert hypervolume_2d(points, directions=MAX_MIN, reference=[0.0, 20.0]) == pytest.approx(13.0)
-
-    staircase = [(1, 3), (2, 2), (3, 1)]
-    both_min = ["minimize", "minimize"]
-    assert hypervolume_2d(staircase, directions=both_min, reference=[4, 4]) == pytest.approx(6.0)
-    extra = staircase + [(3, 3), (5, 0), (2, 2)]  # dominated, outside ref, duplicate
-    assert hypervolume_2d(extra, directions=both_min, reference=[4, 4]) == pytest.approx(6.0)
-    assert pareto_front(extra, directions=both_min) == [0, 1, 2, 4, 5]
-    assert hypervolume_2d([], directions=both_min, reference=[4, 4]) == 0.0
-    assert pareto_front([], directions=both_min) == []
-
-
-def test_hypervolume_matches_grid_count():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        pts = rng.integers(0, 10, size=(8, 2))
-        ref = (10, 10)
-        cells = sum(any(px <= x and py <= y for px, py in pts)
-                    for x in range(10) for y in range(10))
-        hv = hypervolume_2d(pts, directions=["minimize", "minimize"], reference=ref)
-        assert hv == pytest.approx(cells)
-        front = pts[pareto_front(pts, directions=["minimize", "minimize"])]
-        assert hypervolume_2d(front, directions=["minimize", "minimize"],
-                              reference=ref) == pytest.approx(cells)
-
-
-@pytest.mark.parametrize("kwargs", [
-    {"points": [(1, 2)], "directions": ["up", "minimize"]},
-    {"points": [(1, 2, 3)], "directions": MAX_MIN},
-    {"points": [(1, float("nan"))], "directions": MAX_MIN},
-    {"points": [(1, 2)], "directions": "maximize"},
-])
-def test_pareto_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        pareto_front(**kwargs)
-
-
-def test_front_comparison_dominating_kd_front():
+from autokd.report.kd_gain import kd_analysis
+from autokd.report.verdict import FACTOR_WORDS
+
+BITS = (4, 8, 32)
+WIDTHS = (0.25, 0.5)
+KEYS = {"metric", "estimand", "units", "n_pairs", "n_unpaired", "n_pending", "pairs", "lost_pairs", "n_lost_pairs",
+        "repeats", "min_pairs", "gain", "overall", "margin", "model", "factors", "collinear", "heterogeneity",
+        "fronts", "teacher", "warnings", "verdict"}
+
+
+def record(number, kd, params, *, acc, seed, state="COMPLETE", twin_of=None, repeats=None, flops=1e6, **extra):
+    metrics = {}
+    if state == "COMPLETE":
+        metrics = {"val_accuracy": acc, "test_accuracy": acc - 0.01, "flops": flops}
+        if repeats is not None:
+            metrics["repeats"] = [{"val_accuracy": a, "test_accuracy": a - 0.01, "flops": flops} for a in repeats]
+    return {"number": number, "state": state, "params": {**params, "distill.kd": kd}, "metrics": metrics,
+            "settings": {"train": {"seed": seed}, "distill": {"kd": kd, "temperature": params.get(
+                "distill.temperature", 4.0)}},
+            "twin_of": twin_of, "retry_of": None, "duplicate_of": None, "fail_reason": None, **extra}
+
+
+def twins(gain, n, *, noise=0.002, rng_seed=0, n_repeats=None, repeat_noise=0.003, start=0):
+    """``n`` linked KD twins over bits x width; pair i is trials start+2i (original) and start+2i+1 (twin).
+    ``gain(bits, width)`` is the true gain; the noise is centred, so the mean gain is exactly the mean of gain()."""
+    rng = np.random.default_rng(rng_seed)
+    eps = rng.normal(0.0, noise, n)
+    eps -= eps.mean()
     trials = []
-    for i, (acc, flops) in enumerate([(0.70, 1e6), (0.80, 2e6), (0.85, 4e6)]):
-        trials.append(make_trial(2 * i, {"w": i}, kd=True, acc=acc + 0.05, flops=flops))
-        trials.append(make_trial(2 * i + 1, {"w": i}, kd=False, acc=acc, flops=flops))
-    trials.append(make_trial(99, {"w": 9}, kd=False, acc=0.99, flops=1e9, state="FAIL"))
-    result = front_comparison(trials)
-    assert result["reference"] == pytest.approx([0.0, 4.4e6])
-    assert result["front_kd_on"] == [0, 2, 4]
-    assert result["front_kd_off"] == [1, 3, 5]
-    assert result["dominated_share"] == 1.0
-    assert result["hv_kd_on"] > result["hv_kd_off"] > 0
-    # by hand: off front area = 0.70*3.4e6 + 0.10*2.4e6 + 0.05*0.4e6
-    assert result["hv_kd_off"] == pytest.approx(2.64e6)
+    for i in range(n):
+        bits, width = BITS[i % 3], WIDTHS[(i // 3) % 2]
+        params = {"compress.bits": bits, "model.width_mult": width, "distill.temperature": [2.0, 4.0][i % 2]}
+        base = 0.70 + 0.1 * width + rng.normal(0, 0.01)
+        g = gain(bits, width) + eps[i]
+        acc = {True: base + g, False: base}
+        reps = {True: None, False: None}
+        if n_repeats:
+            off_reps = base + rng.normal(0, 0.01, n_repeats)
+            off_reps += base - off_reps.mean()
+            on_reps = off_reps + g + rng.normal(0, repeat_noise, n_repeats)
+            on_reps += (base + g) - on_reps.mean()
+            reps = {True: list(on_reps), False: list(off_reps)}
+        first = i % 2 == 0  # which side the sampler proposed
+        a, b = start + 2 * i, start + 2 * i + 1
+        flops = 1e6 * width * (bits / 32 + 0.5)
+        trials.append(record(a, first, params, acc=acc[first], seed=i, repeats=reps[first], flops=flops))
+        trials.append(record(b, not first, params, acc=acc[not first], seed=i, twin_of=a, repeats=reps[not first],
+                             flops=flops))
+    return trials
 
-    same = [dict(t, metrics=dict(t["metrics"], val_accuracy=0.8)) for t in trials]
-    equal = front_comparison(same)
-    assert equal["dominated_share"] == 0.0
-    assert equal["hv_kd_on"] == pytest.approx(equal["hv_kd_off"])
+
+def factor(kd, name):
+    (f,) = [f for f in kd["factors"] if f["factor"] == name]
+    return f
 
 
-def test_front_comparison_without_usable_trials():
-    result = front_comparison([make_trial(0, {}, kd=True, acc=0.9, state="FAIL")])
-    assert result["reference"] is None and result["hv_kd_on"] is None
-    assert result["front_kd_on"] == [] and result["dominated_share"] is None
-    only_on = front_comparison([make_trial(0, {}, kd=True, acc=0.9)])
-    assert only_on["hv_kd_off"] == 0.0 and only_on["dominated_share"] is None
+@pytest.fixture(scope="module")
+def constant():
+    return twins(lambda bits, width: 0.02, 24)
+
+
+@pytest.fixture(scope="module")
+def constant_kd(constant):
+    return kd_analysis(constant)
 
 
 # --------------------------------------------------------------------------- #
-# verdict and kd_analysis
+# shape of the result
 # --------------------------------------------------------------------------- #
-def _summary(n, mean, low, high):
-    return {"n_pairs": n, "mean": mean, "ci_low": low, "ci_high": high, "confidence": 0.95}
+def test_keys_and_json(constant, constant_kd):
+    kd = constant_kd
+    assert set(kd) == KEYS
+    assert json.loads(json.dumps(kd, allow_nan=False)) == kd
+    assert kd["metric"] == "val_accuracy" and set(kd["gain"]) == {"val_accuracy", "test_accuracy"}
+    assert kd["n_pairs"] == 24 and kd["n_unpaired"] == 0 and kd["n_pending"] == 0
+    assert kd["lost_pairs"] == [] and kd["n_lost_pairs"] == 0
+    assert kd["margin"] == 0.01 and kd["min_pairs"] == 10 and kd["repeats"] == 1
+    assert kd["heterogeneity"] is None and kd["teacher"] is None
+    gain = constant[0]["metrics"]["val_accuracy"] - constant[1]["metrics"]["val_accuracy"]
+    assert kd["pairs"][0] == {"on": 0, "off": 1, "gain": pytest.approx(gain), "repeat_gains": None, "linked": True}
+    assert kd["pairs"][1]["on"] == 3 and kd["pairs"][1]["off"] == 2  # the twin ran with KD on
+    assert all(p["linked"] for p in kd["pairs"])
 
 
-def test_verdict_sentences():
-    flat = [{"factor": "compress.bits", "p_adjusted": 0.31},
-            {"factor": "model.width_mult", "p_adjusted": 0.8}]
-    assert verdict(_summary(24, 0.018, 0.011, 0.025), flat) == (
-        "KD adds +1.8 pts (95% CI 1.1–2.5) over 24 pairs; "
-        "no factor changes the gain significantly (smallest corrected p = 0.31).")
-    dep = [{"factor": "compress.bits", "p_adjusted": 0.004},
-           {"factor": "model.width_mult", "p_adjusted": 0.8}]
-    assert verdict(_summary(24, 0.018, 0.011, 0.025), dep).endswith(
-        "; the gain depends on compress.bits (corrected p = 0.004).")
-    assert verdict(_summary(24, 0.002, -0.006, 0.010), flat) == (
-        "No clear KD gain: +0.2 pts (95% CI -0.6 to +1.0) over 24 pairs; "
-        "no factor changes the gain significantly (smallest corrected p = 0.31).")
-    assert verdict(_summary(24, -0.012, -0.020, -0.004), []).startswith(
-        "KD hurts: -1.2 pts (95% CI -2.0 to -0.4) over 24 pairs")
-    assert verdict(_summary(3, 0.01, 0.0, 0.02), flat) == (
-        "Too few KD pairs to tell (3 pairs, mean gain +1.0 pts; need at least 5).")
-    assert verdict(_summary(3, 0.01, 0.001, 0.02), flat, min_pairs=3).startswith("KD adds")
-    assert verdict(_summary(24, 0.018, 0.011, 0.025),
-                   [{"factor": "x", "p_adjusted": None}]).endswith(
-        "; too few pairs per level to test whether any factor changes the gain.")
-    assert verdict(_summary(24, 0.018, 0.011, 0.025), []).endswith(
-        "; no other setting varies across the pairs.")
+def test_factors_are_the_other_techniques_with_a_verdict_each(constant_kd):
+    kd = constant_kd
+    # distill.* are KD's own settings, not "other techniques"
+    assert [f["factor"] for f in kd["factors"]] == ["compress.bits", "model.width_mult"]
+    for f in kd["factors"]:
+        assert f["verdict"] in FACTOR_WORDS
+    assert kd["model"]["fitted"] is True and kd["model"]["n_pairs"] == 24
 
 
-def test_verdict_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        verdict({}, [])
-    with pytest.raises(ValueError):
-        verdict(_summary(24, 0.01, 0.0, 0.02), [], alpha=2)
-    with pytest.raises(ValueError):
-        verdict(_summary(24, 0.01, 0.0, 0.02), [], min_pairs=0)
+def test_the_analysis_is_deterministic(constant, constant_kd):
+    assert kd_analysis(constant) == constant_kd
 
 
-def test_kd_analysis_is_json_serialisable_with_exact_keys():
-    trials = factorial_study(lambda p: 0.05 if p["compress.bits"] in (2, 4) else 0.0)
-    trials.append(make_trial(1000, {"compress.bits": 4}, kd=True, acc=0.5))       # unpaired
-    trials.append(make_trial(1001, {"compress.bits": 4}, kd=False, acc=float("nan"),
-                             state="FAIL"))
-    analysis = kd_analysis(trials, seed=2)
-    text = json.dumps(analysis, allow_nan=False)
-    assert json.loads(text) == analysis
-    assert set(analysis) == {"n_pairs", "n_unpaired", "pairs", "metric", "gain", "factors",
-                             "fronts", "verdict"}
-    assert analysis["n_pairs"] == 48 and analysis["n_unpaired"] == 1
-    assert set(analysis["gain"]) == {"val_accuracy", "test_accuracy"}
-    assert set(analysis["gain"]["val_accuracy"]) == {
-        "n_pairs", "mean", "sd", "ci_low", "ci_high", "confidence", "win_rate", "p_sign"}
-    assert set(analysis["factors"][0]) == {"factor", "binning", "levels", "p_interaction",
-                                           "p_adjusted", "test"}
-    assert set(analysis["factors"][0]["levels"][0]) == {
-        "level", "n_pairs", "mean", "ci_low", "ci_high", "win_rate"}
-    assert set(analysis["fronts"]) == {"metric", "cost_metric", "reference", "hv_kd_on",
-                                       "hv_kd_off", "dominated_share", "front_kd_on",
-                                       "front_kd_off", "n_kd_on", "n_kd_off"}
-    assert "compress.bits" in analysis["verdict"]
-    assert kd_analysis(trials, seed=2) == analysis
-
-    json.dumps(kd_analysis([]), allow_nan=False)
+# --------------------------------------------------------------------------- #
+# the overall word
+# --------------------------------------------------------------------------- #
+def test_a_constant_gain_adds_and_is_orthogonal_to_every_technique(constant_kd):
+    kd = constant_kd
+    g = kd["gain"]["val_accuracy"]
+    assert g["mean"] == pytest.approx(0.02)
+    assert 0.01 < g["ci_low"] < 0.02 < g["ci_high"] < 0.03
+    assert g["p_signed_rank"] < 0.001
+    assert kd["overall"] == "adds"
+    assert [f["verdict"] for f in kd["factors"]] == ["orthogonal", "orthogonal"]
+    assert kd["verdict"].startswith("KD adds +2.0 pts (95% CI "), kd["verdict"]
+    assert "over 24 pairs" in kd["verdict"]
+    assert "orthogonal to KD within ±1.0 pts: bits, width_mult" in kd["verdict"]
 
 
-@pytest.mark.parametrize("kwargs", [{"metrics": []}, {"metrics": "val_accuracy"},
-                                    {"seed": -1}, {"cost_metric": ""}, {"min_pairs": 0}])
-def test_kd_analysis_rejects_bad_arguments(kwargs):
+def test_a_gain_that_depends_on_bits_interacts_with_bits():
+    kd = kd_analysis(twins(lambda bits, width: {4: 0.06, 8: 0.02, 32: 0.0}[bits], 24))
+    bits = factor(kd, "compress.bits")
+    assert bits["verdict"] == "interacts"
+    assert factor(kd, "model.width_mult")["verdict"] != "interacts"
+    means = {lv["level"]: lv["mean"] for lv in bits["levels"]}
+    assert means == pytest.approx({"4": 0.06, "8": 0.02, "32": 0.0}, abs=0.003)
+    assert bits["max_difference"]["high"] == "4" and bits["max_difference"]["low"] == "32"
+    assert kd["overall"] == "adds"
+    assert "interacts: KD adds 6.0 pts more at bits 4 than at 32" in kd["verdict"], kd["verdict"]
+
+
+def test_the_margin_decides_what_counts_as_orthogonal(constant):
+    narrow = kd_analysis(constant, margin=0.0002)
+    assert narrow["margin"] == 0.0002
+    assert [f["verdict"] for f in narrow["factors"]] == ["undetermined", "undetermined"]
+    assert "orthogonal" not in narrow["verdict"]
+    wide = kd_analysis(constant, margin=0.05)
+    assert [f["verdict"] for f in wide["factors"]] == ["orthogonal", "orthogonal"]
+    assert "within ±5.0 pts" in wide["verdict"]
+
+
+def test_no_gain_is_no_clear_gain_and_a_loss_hurts():
+    flat = kd_analysis(twins(lambda bits, width: 0.0, 24))
+    assert abs(flat["gain"]["val_accuracy"]["mean"]) < 1e-12
+    assert flat["overall"] == "no_clear_gain"
+    assert flat["verdict"].startswith("No clear KD gain: ")
+    loss = kd_analysis(twins(lambda bits, width: -0.03, 24))
+    assert loss["overall"] == "hurts"
+    assert loss["verdict"].startswith("KD hurts: -3.0 pts")
+
+
+def test_an_interval_above_zero_is_not_enough_without_the_signed_rank_test():
+    # ten pairs: five gain exactly 0, five gain 1 point. The t interval is above 0, but only 5 gains carry a
+    # sign, and "all 5 positive" has two-sided signed-rank p = 2/32
+    trials = twins(lambda bits, width: 0.0, 10, noise=0.0)
+    for i in range(5):
+        on = trials[2 * i] if trials[2 * i]["params"]["distill.kd"] else trials[2 * i + 1]
+        on["metrics"]["val_accuracy"] += 0.01
+    kd = kd_analysis(trials)
+    g = kd["gain"]["val_accuracy"]
+    assert g["ci_low"] > 0 and g["p_signed_rank"] == pytest.approx(0.0625)
+    assert kd["overall"] == "no_clear_gain"
+    assert kd["verdict"].startswith("No clear KD gain: +0.5 pts"), kd["verdict"]
+
+
+def test_too_few_pairs_still_shows_the_numbers():
+    kd = kd_analysis(twins(lambda bits, width: 0.05, 9))
+    g = kd["gain"]["val_accuracy"]
+    assert kd["n_pairs"] == 9 and kd["overall"] == "too_few_pairs"
+    assert g["mean"] == pytest.approx(0.05) and g["ci_low"] > 0.04  # overwhelming, and still not judged
+    assert kd["verdict"].startswith("Too few KD pairs to judge (9 pairs; need at least 10): mean gain +5.0 pts "
+                                    "(95% CI "), kd["verdict"]
+    ten = kd_analysis(twins(lambda bits, width: 0.05, 10))
+    assert ten["overall"] == "adds"
+
+
+def test_no_trials_at_all():
+    kd = kd_analysis([])
+    assert set(kd) == KEYS
+    json.dumps(kd, allow_nan=False)
+    assert kd["n_pairs"] == 0 and kd["pairs"] == [] and kd["factors"] == []
+    assert kd["overall"] == "too_few_pairs"
+    assert kd["gain"]["val_accuracy"]["mean"] is None
+    assert kd["fronts"]["reference"] is None
+    assert kd["verdict"].startswith("No complete KD pairs yet")
+
+
+# --------------------------------------------------------------------------- #
+# pairs lost, pending, unpaired
+# --------------------------------------------------------------------------- #
+def test_lost_pending_and_retried_twins():
+    trials = twins(lambda bits, width: 0.02, 12)
+    p = {"compress.bits": 8, "model.width_mult": 0.5, "distill.temperature": 4.0}
+    q = {"compress.bits": 4, "model.width_mult": 0.25, "distill.temperature": 4.0}
+    trials += [
+        # twin failed for good
+        record(100, True, p, acc=0.8, seed=50),
+        record(101, False, p, acc=None, seed=50, state="FAIL", twin_of=100, fail_reason="RuntimeError: boom"),
+        # twin failed, its retry completed: a pair, not lost
+        record(102, True, q, acc=0.81, seed=51),
+        record(103, False, q, acc=None, seed=51, state="FAIL", twin_of=102, fail_reason="worker died"),
+        record(104, False, q, acc=0.79, seed=51, twin_of=102, retry_of=103),
+        # the linked twin differs beyond distill.kd: refused
+        record(105, False, p, acc=0.8, seed=52),
+        record(106, True, {**p, "compress.bits": 32}, acc=0.82, seed=52, twin_of=105),
+        # twin still queued: pending
+        record(107, True, q, acc=0.8, seed=53),
+        dict(record(108, False, q, acc=None, seed=53, state="WAITING", twin_of=107), params={}),
+        # no twin at all
+        record(109, True, q, acc=0.8, seed=54),
+    ]
+    kd = kd_analysis(trials)
+    assert kd["n_pairs"] == 13
+    assert {"on": 102, "off": 104} == {k: v for k, v in kd["pairs"][12].items() if k in ("on", "off")}
+    assert kd["n_lost_pairs"] == 2
+    assert kd["lost_pairs"][0] == {"original": 100, "twin": 101, "failed_side": "kd_off",
+                                   "reason": "RuntimeError: boom"}
+    refused = kd["lost_pairs"][1]
+    assert (refused["original"], refused["twin"], refused["failed_side"]) == (105, 106, None)
+    assert "compress.bits" in refused["reason"]
+    assert kd["n_pending"] == 1 and kd["n_unpaired"] == 1
+    assert " 2 pairs lost. " in kd["verdict"], kd["verdict"]
+    assert any(w.startswith("2 pairs lost") for w in kd["warnings"])
+
+
+def test_one_lost_pair_is_one_pair_lost():
+    trials = twins(lambda bits, width: 0.02, 10)
+    p = {"compress.bits": 8, "model.width_mult": 0.5}
+    trials += [record(100, True, p, acc=0.8, seed=50),
+               record(101, False, p, acc=None, seed=50, state="FAIL", twin_of=100, fail_reason="boom")]
+    kd = kd_analysis(trials)
+    assert kd["n_lost_pairs"] == 1 and kd["n_pairs"] == 10
+    assert " 1 pair lost. " in kd["verdict"]
+    assert kd["gain"]["val_accuracy"]["n_pairs"] == 10  # statistics use the complete pairs only
+
+
+def test_pairs_without_the_primary_metric_are_left_out_of_the_statistics():
+    trials = twins(lambda bits, width: 0.02, 12)
+    del trials[0]["metrics"]["val_accuracy"]
+    kd = kd_analysis(trials)
+    assert kd["n_pairs"] == 12 and kd["pairs"][0]["gain"] is None
+    assert kd["gain"]["val_accuracy"]["n_pairs"] == 11
+    assert kd["gain"]["test_accuracy"]["n_pairs"] == 12
+    assert kd["model"]["n_pairs"] == 11
+
+
+# --------------------------------------------------------------------------- #
+# per-level intervals, teacher, error reduction, outliers
+# --------------------------------------------------------------------------- #
+def test_no_level_interval_from_fewer_than_three_pairs():
+    rng = np.random.default_rng(5)
+    trials = []
+    # model.arch: "a" and "b" 2 pairs each (merged for the model), "c" 8; train.label_smoothing 0.1 in one pair,
+    # train.augment on in two (both left out of the model, their raw levels reported); compress.bits 6 and 6
+    for i, arch in enumerate(["a"] * 2 + ["b"] * 2 + ["c"] * 8):
+        params = {"model.arch": arch, "compress.bits": [4, 8][i % 2], "train.label_smoothing": [0.0, 0.1][i == 0],
+                  "train.augment": i in (5, 9)}
+        base = 0.8 + rng.normal(0, 0.01)
+        trials.append(record(2 * i, True, params, acc=base + 0.02 + rng.normal(0, 0.004), seed=i))
+        trials.append(record(2 * i + 1, False, params, acc=base, seed=i, twin_of=2 * i))
+    kd = kd_analysis(trials)
+    levels = [lv for f in kd["factors"] for lv in f["levels"]]
+    assert sorted(lv["n_pairs"] for lv in levels) == [1, 2, 4, 6, 6, 8, 10, 11]
+    for lv in levels:
+        if lv["n_pairs"] < 3:
+            assert lv["ci_low"] is None and lv["ci_high"] is None, lv
+        else:
+            assert lv["ci_low"] is not None and lv["ci_low"] <= lv["mean"] <= lv["ci_high"], lv
+    assert factor(kd, "train.label_smoothing")["left_out"] and factor(kd, "train.augment")["left_out"]
+    assert factor(kd, "train.augment")["verdict"] == "undetermined"
+
+
+def test_teacher_much_worse_on_its_views_is_a_warning(constant):
+    teacher = {"train_accuracy": 0.99, "val_accuracy": 0.97, "test_accuracy": 0.96, "view_accuracy": 0.80,
+               "augmented": False, "members": 1}
+    kd = kd_analysis(constant, teacher=teacher)
+    assert kd["teacher"] == teacher
+    suspect = [w for w in kd["warnings"] if "augmented views" in w]
+    assert len(suspect) == 1 and "suspect" in suspect[0] and "19.0 pts" in suspect[0]
+    fine = kd_analysis(constant, teacher={**teacher, "view_accuracy": 0.97})
+    assert not [w for w in fine["warnings"] if "augmented views" in w]
+    assert kd_analysis(constant)["warnings"] == []
+
+
+def test_relative_error_reduction_is_pooled_over_pairs():
+    accs = [(0.90, 0.85), (0.80, 0.80), (0.95, 0.90), (1.00, 0.96)]  # (KD on, KD off)
+    trials = []
+    for i, (on, off) in enumerate(accs):
+        params = {"compress.bits": 8, "model.width_mult": 0.25 + i}
+        trials += [record(2 * i, True, params, acc=on, seed=0), record(2 * i + 1, False, params, acc=off, seed=0,
+                                                                         twin_of=2 * i)]
+    kd = kd_analysis(trials, metrics=("val_accuracy", "test_accuracy", "flops"))
+    err_off = sum(1 - off for _, off in accs)
+    err_on = sum(1 - on for on, _ in accs)
+    expected = (err_off - err_on) / err_off
+    assert kd["gain"]["val_accuracy"]["relative_error_reduction"] == pytest.approx(expected)
+    # the mean of per-pair ratios would differ
+    assert expected != pytest.approx(np.mean([((1 - off) - (1 - on)) / (1 - off) for on, off in accs]))
+    err_off_t = sum(1 - (off - 0.01) for _, off in accs)
+    err_on_t = sum(1 - (on - 0.01) for on, _ in accs)
+    assert kd["gain"]["test_accuracy"]["relative_error_reduction"] == pytest.approx(
+        (err_off_t - err_on_t) / err_off_t)
+    assert kd["gain"]["flops"]["relative_error_reduction"] is None  # not an accuracy
+
+
+def test_outlier_pairs_are_named_in_a_warning():
+    trials = twins(lambda bits, width: 0.02, 12, noise=0.001)
+    # pair 4 is trials 8 (KD on) and 9 (KD off): make its gain -20 points
+    assert trials[8]["params"]["distill.kd"] is True
+    trials[8]["metrics"]["val_accuracy"] = trials[9]["metrics"]["val_accuracy"] - 0.20
+    kd = kd_analysis(trials)
+    assert kd["gain"]["val_accuracy"]["outliers"] == [4]
+    (w,) = [w for w in kd["warnings"] if "outlier" in w]
+    assert w.startswith("1 pair's gain is an outlier") and "8/9" in w
+
+
+# --------------------------------------------------------------------------- #
+# repeats
+# --------------------------------------------------------------------------- #
+def test_repeats_give_heterogeneity_and_count_configurations():
+    trials = twins(lambda bits, width: 0.02, 12, n_repeats=3)
+    kd = kd_analysis(trials)
+    assert kd["repeats"] == 3
+    pair = kd["pairs"][0]
+    assert len(pair["repeat_gains"]) == 3
+    assert np.mean(pair["repeat_gains"]) == pytest.approx(pair["gain"])
+    het = kd["heterogeneity"]
+    assert het is not None
+    assert het["n_configurations"] == 12 and het["repeats"] == 3
+    assert het["tau"] is not None and het["tau_low"] <= het["tau"] <= het["tau_high"]
+    assert "over 12 configurations" in kd["verdict"]
+    assert "Between-configuration SD of the gain beyond seed noise" in kd["verdict"]
+    json.dumps(kd, allow_nan=False)
+
+
+def test_a_single_repeat_has_no_heterogeneity():
+    kd = kd_analysis(twins(lambda bits, width: 0.02, 12, n_repeats=1))
+    assert kd["repeats"] == 1 and kd["heterogeneity"] is None
+    assert "over 12 pairs" in kd["verdict"]
+
+
+# --------------------------------------------------------------------------- #
+# arguments
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("kwargs", [{"metrics": []}, {"metrics": "val_accuracy"}, {"margin": 0}, {"margin": 1},
+                                    {"margin": -0.01}, {"margin": True}, {"margin": "0.01"},
+                                    {"margin": float("nan")}])
+def test_bad_arguments_are_value_errors(kwargs):
     with pytest.raises(ValueError):
         kd_analysis([], **kwargs)
-
-
-@pytest.mark.parametrize("trials", [None, {"a": 1}, [1, 2], [{"state": "COMPLETE"}],
-                                    [{"number": 1, "state": "COMPLETE", "params": [1]}]])
-def test_find_pairs_rejects_bad_trials(trials):
-    with pytest.raises(ValueError):
-        find_pairs(trials)

@@ -1,6 +1,8 @@
-"""The KD section of the report on synthetic studies with known effects: a constant gain is found with a CI that
-covers it and no factor flagged; a gain that depends on the bit width flags compress.bits; no gain says so; each
-shown trial names its twin; the rich rendering shows the verdict."""
+"""The KD section of the report on synthetic optuna studies with known effects (trials made with ``create_trial``
+and read back with ``trial_records``): a constant gain "adds" with a CI that covers it and every technique
+orthogonal; a gain that depends on the bit width makes compress.bits "interact"; no gain says so; each shown trial
+names its twin; the teacher and the margin reach the KD section; the rich rendering shows the per-technique table,
+the teacher line, the warnings and the verdict."""
 
 from __future__ import annotations
 
@@ -24,18 +26,23 @@ DIRECTIONS = ["maximize", "minimize"]
 METRICS = ["val_accuracy", "flops"]
 
 
-def add_trial(study, *, kd: bool, bits: int, width: float, acc: float, seed: int) -> int:
+TEACHER = {"train_accuracy": 0.99, "val_accuracy": 0.97, "test_accuracy": 0.96, "view_accuracy": 0.80,
+           "augmented": False, "members": 1, "source": "trained", "key": "abc"}
+
+
+def add_trial(study, *, kd: bool, bits: int, width: float, acc: float, seed: int, **attrs) -> int:
     flops = 1e6 * width * (bits / 32 + 0.5)
     metrics = {"val_accuracy": acc, "test_accuracy": acc - 0.01, "flops": flops, "bitops": flops * bits}
     study.add_trial(create_trial(
         state=TrialState.COMPLETE, values=[acc, flops], distributions=DISTS,
         params={"distill.kd": kd, "compress.bits": bits, "model.width_mult": width},
-        user_attrs={"metrics": metrics, "settings": {"train": {"seed": seed}, "distill": {"kd": kd}}}))
+        user_attrs={"metrics": metrics, "settings": {"train": {"seed": seed}, "distill": {"kd": kd}}, **attrs}))
     return len(study.trials) - 1
 
 
-def make_study(gain, *, replicates: int = 4, noise: float = 0.004, rng_seed: int = 0):
-    """Twins for every (replicate seed, bits, width): gain(bits) + centred noise. Returns (study, {number: twin})."""
+def make_study(gain, *, replicates: int = 4, noise: float = 0.004, rng_seed: int = 0, link: bool = True):
+    """Twins for every (replicate seed, bits, width): gain(bits) + centred noise; the second trial of each twin
+    records ``twin_of`` (unless ``link`` is False). Returns (study, {number: twin})."""
     rng = np.random.default_rng(rng_seed)
     configs = [(seed, bits, width) for seed in range(replicates) for bits in (4, 8, 32) for width in (0.25, 0.5)]
     eps = rng.normal(0, noise, len(configs))
@@ -48,7 +55,8 @@ def make_study(gain, *, replicates: int = 4, noise: float = 0.004, rng_seed: int
         # alternate which side runs first, as a study's sampler would
         kd_first = i % 2 == 0
         a = add_trial(study, kd=kd_first, bits=bits, width=width, acc=on if kd_first else off, seed=seed)
-        b = add_trial(study, kd=not kd_first, bits=bits, width=width, acc=off if kd_first else on, seed=seed)
+        b = add_trial(study, kd=not kd_first, bits=bits, width=width, acc=off if kd_first else on, seed=seed,
+                      **({"twin_of": a} if link else {}))
         twin_of[a], twin_of[b] = b, a
     return study, twin_of
 
@@ -86,18 +94,22 @@ def test_constant_gain_is_found_and_no_factor_is_flagged(constant):
     assert {f["factor"] for f in kd["factors"]} == {"compress.bits", "model.width_mult"}
     for f in kd["factors"]:
         assert f["p_adjusted"] is not None and f["p_adjusted"] >= 0.05, f
+        assert f["verdict"] == "orthogonal", f
+    assert kd["overall"] == "adds"
     assert kd["verdict"].startswith("KD adds +2.0 pts (95% CI"), kd["verdict"]
     assert "over 24 pairs" in kd["verdict"]
-    assert "no factor changes the gain significantly" in kd["verdict"]
-    assert "compress.bits" not in kd["verdict"]
+    assert "orthogonal to KD within ±1.0 pts: bits, width_mult." in kd["verdict"]
+    assert "interacts" not in kd["verdict"]
+    assert all(p["linked"] for p in kd["pairs"])
 
 
 def test_gain_that_depends_on_bits_flags_compress_bits(by_bits):
     study, _ = by_bits
     kd = kd_of(study)
     bits = factor(kd, "compress.bits")
-    assert bits["p_adjusted"] < 0.05
+    assert bits["p_adjusted"] < 0.05 and bits["verdict"] == "interacts"
     assert factor(kd, "model.width_mult")["p_adjusted"] >= 0.05
+    assert factor(kd, "model.width_mult")["verdict"] != "interacts"
     means = {lv["level"]: lv["mean"] for lv in bits["levels"]}
     assert set(means) == {"4", "8", "32"}
     assert means["4"] == pytest.approx(0.06, abs=0.005)
@@ -106,8 +118,8 @@ def test_gain_that_depends_on_bits_flags_compress_bits(by_bits):
     assert all(lv["n_pairs"] == 8 for lv in bits["levels"])
     v = kd["verdict"]
     assert v.startswith("KD adds"), v
-    assert "the gain depends on compress.bits (corrected p" in v
-    assert "model.width_mult" not in v
+    assert "interacts: KD adds 6." in v and "pts more at bits 4 than at 32" in v
+    assert "interacts: width_mult" not in v
 
 
 def test_no_gain_is_no_clear_gain():
@@ -116,6 +128,7 @@ def test_no_gain_is_no_clear_gain():
     g = kd["gain"]["val_accuracy"]
     assert g["ci_low"] < 0 < g["ci_high"]
     assert abs(g["mean"]) < 1e-12
+    assert kd["overall"] == "no_clear_gain"
     assert kd["verdict"].startswith("No clear KD gain"), kd["verdict"]
 
 
@@ -123,6 +136,7 @@ def test_negative_gain_is_kd_hurts():
     study, _ = make_study(lambda bits: -0.03)
     kd = kd_of(study)
     assert kd["gain"]["val_accuracy"]["ci_high"] < 0
+    assert kd["overall"] == "hurts"
     assert kd["verdict"].startswith("KD hurts: -3.0 pts"), kd["verdict"]
 
 
@@ -131,7 +145,10 @@ def test_too_few_pairs_refuses_to_judge():
     records = trial_records(study)[:6]  # 3 pairs
     kd = study_report(records, directions=DIRECTIONS, metric_names=METRICS)["kd"]
     assert kd["n_pairs"] == 3
-    assert kd["verdict"].startswith("Too few KD pairs to tell (3 pairs"), kd["verdict"]
+    assert kd["overall"] == "too_few_pairs"
+    assert kd["gain"]["val_accuracy"]["mean"] == pytest.approx(0.05, abs=0.01)  # the numbers are still shown
+    assert kd["verdict"].startswith("Too few KD pairs to judge (3 pairs; need at least 10): mean gain +"), \
+        kd["verdict"]
 
 
 @pytest.mark.parametrize("include_all", [False, True])
@@ -193,19 +210,88 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_render_kd_shows_the_tables_and_the_verdict(by_bits):
-    study, _ = by_bits
-    kd = kd_of(study)
-    console = Console(record=True, width=120, color_system=None)
+def _render(kd: dict) -> str:
+    console = Console(record=True, width=200, color_system=None)
     console.print(render_kd(kd))
-    text = console.export_text()
-    assert "95% CI" in text
-    assert "KD gain, paired twins" in text
-    assert "compress.bits" in text and "model.width_mult" in text
-    assert _flat("Verdict: " + kd["verdict"]) in _flat(text)
+    return console.export_text()
+
+
+def _row(text: str, name: str) -> list[str]:
+    """The cells of the table row that starts with ``name``."""
+    rows = [line for line in text.splitlines() if re.match(rf"│\s*{re.escape(name)}\s*│", line)]
+    assert len(rows) == 1, (name, text)
+    return [cell.strip() for cell in rows[0].strip("│").split("│")]
+
+
+def test_render_kd_shows_the_tables_the_teacher_the_warnings_and_the_verdict(by_bits):
+    study, _ = by_bits
+    kd = kd_of(study, teacher=TEACHER)
+    text = _render(kd)
+    assert "KD gain, paired twins" in text and "95% CI" in text
     g = kd["gain"]["val_accuracy"]
     assert f"{100 * g['mean']:+.1f}" in text
-    assert re.search(r"val_accuracy\s+│\s+24\s+│", text), text
+    # the per-technique table: one row per factor, ending with its verdict word
+    for f in kd["factors"]:
+        cells = _row(text, f["factor"].rsplit(".", 1)[-1])
+        assert cells[-1] == f["verdict"], cells
+    assert _row(text, "bits")[-1] == "interacts" and _row(text, "width_mult")[-1] == "orthogonal"
+    # the teacher line, the suspect-views warning, the verdict
+    (teacher_line,) = [line for line in text.splitlines() if line.startswith("Teacher")]
+    assert "train 99.0%" in teacher_line and "augmented views 80.0%" in teacher_line
+    (warning,) = kd["warnings"]
+    assert _flat("Warning: " + warning) in _flat(text)
+    assert "less accurate on its augmented views" in warning
+    assert _flat("Verdict: " + kd["verdict"]) in _flat(text)
+    assert "24 pairs of twins" in text and "0 lost pairs" in text
+
+
+def test_render_kd_without_teacher_or_warnings(constant):
+    study, _ = constant
+    kd = kd_of(study, teacher={**TEACHER, "view_accuracy": 0.97})
+    assert kd["warnings"] == []
+    text = _render(kd)
+    assert "Warning" not in text
+    assert "Teacher" in text and "augmented views 97.0%" in text
+    assert "Teacher" not in _render(kd_of(study))
+    assert _row(text, "bits")[-1] == "orthogonal"
+
+
+def test_teacher_and_margin_reach_the_kd_section(constant):
+    study, _ = constant
+    kd = kd_of(study, teacher=TEACHER, margin=2.0)
+    assert kd["margin"] == pytest.approx(0.02)
+    assert kd["teacher"] == TEACHER
+    assert any("augmented views" in w for w in kd["warnings"])
+    assert "within ±2.0 pts" in kd["verdict"]
+    assert kd_of(study)["margin"] == pytest.approx(0.01)
+    assert [f["verdict"] for f in kd_of(study, margin=0.02)["factors"]] == ["undetermined", "undetermined"]
+
+
+def test_unlinked_twins_pair_by_params_and_seed():
+    linked, _ = make_study(lambda bits: 0.02, replicates=2)
+    unlinked, _ = make_study(lambda bits: 0.02, replicates=2, link=False)
+    a, b = kd_of(linked), kd_of(unlinked)
+    assert [(p["on"], p["off"]) for p in a["pairs"]] == [(p["on"], p["off"]) for p in b["pairs"]]
+    assert all(p["linked"] for p in a["pairs"]) and not any(p["linked"] for p in b["pairs"])
+    assert a["gain"] == b["gain"]
+
+
+def test_a_failed_twin_is_a_lost_pair_in_the_report(constant):
+    study, _ = constant
+    records = trial_records(study)
+    original = dict(records[0], number=200, settings={"train": {"seed": 77}, "distill": {"kd": True}})
+    failed = {"number": 201, "state": "FAIL", "values": None,
+              "params": {**records[0]["params"], "distill.kd": False}, "metrics": {},
+              "settings": {"train": {"seed": 77}, "distill": {"kd": False}}, "seconds": None,
+              "fail_reason": "RuntimeError: out of memory", "twin_of": 200, "retry_of": None, "duplicate_of": None}
+    info = study_report(records + [original, failed], directions=DIRECTIONS, metric_names=METRICS, include_all=True)
+    kd = info["kd"]
+    assert kd["n_lost_pairs"] == 1 and kd["n_pairs"] == 24 and kd["n_unpaired"] == 0
+    assert kd["lost_pairs"] == [{"original": 200, "twin": 201, "failed_side": "kd_off",
+                                 "reason": "RuntimeError: out of memory"}]
+    assert " 1 pair lost. " in kd["verdict"]
+    text = _render(kd)
+    assert "1 lost pair" in text and "Warning: 1 pair lost" in _flat(text)
 
 
 def test_render_report_includes_the_kd_section(constant):
@@ -215,4 +301,5 @@ def test_render_report_includes_the_kd_section(constant):
     console.print(render_report(info))
     text = console.export_text()
     assert "Pareto front of synthetic" in text and "twin" in text
+    assert _row(text, "bits")[-1] == "orthogonal"
     assert _flat(info["kd"]["verdict"]) in _flat(text)

@@ -1,15 +1,18 @@
-"""Pareto selection from plain trial records, and the report command over a stored study."""
+"""Pareto selection from plain trial records, the report command over a stored study, exact 2-D hypervolume and
+the KD-on vs KD-off front comparison."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from autokd.report import dominates, pareto_front, pareto_info
+from autokd.report.pareto import front_comparison, hypervolume_2d
 from autokd.study import trial_records
 
 DIRS = ["maximize", "minimize"]
@@ -205,3 +208,100 @@ def test_report_of_an_empty_study(cli, tmp_path, tiny_space, monkeypatch):
     assert info["pareto"] == [] and info["trials"] == []
     res = cli("report", "--storage", url, "--study", "tiny")
     assert res.code == 0 and "Trials: none" in res.out
+
+
+# --- hypervolume and the KD-on vs KD-off fronts (moved here from test_kd_gain.py) ---------------------------
+
+
+def kd_trial(number, kd, *, acc, flops, state="COMPLETE", kd_in_params=True):
+    params = {"model.width_mult": 0.5, **({"distill.kd": kd} if kd_in_params else {})}
+    metrics = {"val_accuracy": acc, "test_accuracy": acc - 0.01, "flops": flops, "bitops": 8 * flops} \
+        if state == "COMPLETE" else {}
+    return {"number": number, "state": state, "params": params, "metrics": metrics,
+            "settings": {"distill": {"kd": kd}, "train": {"seed": 0}}}
+
+
+def test_pareto_front_and_hypervolume_by_hand():
+    points = [(0.9, 10.0), (0.8, 5.0), (0.85, 12.0), (0.7, 5.0)]
+    assert pareto_front(points, directions=DIRS) == [0, 1]
+    # boxes [0, 0.9] x [10, 20] (area 9) and [0, 0.8] x [5, 20] (area 12) overlap by 8
+    assert hypervolume_2d(points, directions=DIRS, reference=[0.0, 20.0]) == pytest.approx(13.0)
+
+    staircase = [(1, 3), (2, 2), (3, 1)]
+    both_min = ["minimize", "minimize"]
+    assert hypervolume_2d(staircase, directions=both_min, reference=[4, 4]) == pytest.approx(6.0)
+    extra = staircase + [(3, 3), (5, 0), (2, 2)]  # dominated, outside the reference, duplicate
+    assert hypervolume_2d(extra, directions=both_min, reference=[4, 4]) == pytest.approx(6.0)
+    assert pareto_front(extra, directions=both_min) == [0, 1, 2, 4, 5]
+    assert hypervolume_2d([], directions=both_min, reference=[4, 4]) == 0.0
+
+
+def test_hypervolume_matches_a_grid_count():
+    rng = np.random.default_rng(0)
+    both_min = ["minimize", "minimize"]
+    for _ in range(20):
+        pts = rng.integers(0, 10, size=(8, 2))
+        cells = sum(any(px <= x and py <= y for px, py in pts) for x in range(10) for y in range(10))
+        assert hypervolume_2d(pts, directions=both_min, reference=(10, 10)) == pytest.approx(cells)
+        front = pts[pareto_front(pts, directions=both_min)]
+        assert hypervolume_2d(front, directions=both_min, reference=(10, 10)) == pytest.approx(cells)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"points": [(1, 2)], "directions": ["up", "minimize"]},
+    {"points": [(1, 2, 3)], "directions": DIRS},
+    {"points": [(1, float("nan"))], "directions": DIRS},
+    {"points": [(1, 2)], "directions": "maximize"},
+])
+def test_pareto_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        pareto_front(**kwargs)
+
+
+def test_hypervolume_needs_two_objectives():
+    with pytest.raises(ValueError, match="2 objectives"):
+        hypervolume_2d([(1, 2, 3)], directions=["minimize"] * 3, reference=[4, 4, 4])
+
+
+def test_front_comparison_with_a_dominating_kd_front():
+    trials = []
+    for i, (acc, flops) in enumerate([(0.70, 1e6), (0.80, 2e6), (0.85, 4e6)]):
+        trials.append(kd_trial(2 * i, True, acc=acc + 0.05, flops=flops))
+        trials.append(kd_trial(2 * i + 1, False, acc=acc, flops=flops))
+    trials.append(kd_trial(99, False, acc=0.99, flops=1e9, state="FAIL"))
+    result = front_comparison(trials)
+    assert set(result) == {"metric", "cost_metric", "reference", "hv_kd_on", "hv_kd_off", "dominated_share",
+                           "front_kd_on", "front_kd_off", "n_kd_on", "n_kd_off"}
+    assert result["metric"] == "val_accuracy" and result["cost_metric"] == "flops"
+    assert result["reference"] == pytest.approx([0.0, 4.4e6])  # the FAIL trial's cost does not count
+    assert result["front_kd_on"] == [0, 2, 4] and result["front_kd_off"] == [1, 3, 5]
+    assert result["n_kd_on"] == 3 and result["n_kd_off"] == 3
+    assert result["dominated_share"] == 1.0
+    # by hand: KD-off front area = 0.70 * 3.4e6 + 0.10 * 2.4e6 + 0.05 * 0.4e6
+    assert result["hv_kd_off"] == pytest.approx(2.64e6)
+    assert result["hv_kd_on"] == pytest.approx(0.75 * 3.4e6 + 0.10 * 2.4e6 + 0.05 * 0.4e6)
+
+    same = [dict(t, metrics=dict(t["metrics"], val_accuracy=0.8)) if t["metrics"] else t for t in trials]
+    equal = front_comparison(same)
+    assert equal["dominated_share"] == 0.0
+    assert equal["hv_kd_on"] == pytest.approx(equal["hv_kd_off"])
+
+
+def test_front_comparison_metric_cost_and_kd_from_settings():
+    trials = [kd_trial(0, True, acc=0.9, flops=2e6, kd_in_params=False),
+              kd_trial(1, False, acc=0.8, flops=1e6, kd_in_params=False)]
+    result = front_comparison(trials, cost_metric="bitops", metric="test_accuracy")
+    assert result["cost_metric"] == "bitops" and result["metric"] == "test_accuracy"
+    assert result["reference"] == pytest.approx([0.0, 1.1 * 16e6])
+    assert result["front_kd_on"] == [0] and result["front_kd_off"] == [1]
+    assert result["hv_kd_on"] == pytest.approx(0.89 * (17.6e6 - 16e6))
+    assert result["dominated_share"] == 0.0  # cheaper KD-off point is not dominated
+
+
+def test_front_comparison_without_usable_trials():
+    result = front_comparison([kd_trial(0, True, acc=0.9, flops=1e6, state="FAIL")])
+    assert result["reference"] is None and result["hv_kd_on"] is None and result["hv_kd_off"] is None
+    assert result["front_kd_on"] == [] and result["dominated_share"] is None
+    only_on = front_comparison([kd_trial(0, True, acc=0.9, flops=1e6)])
+    assert only_on["hv_kd_off"] == 0.0 and only_on["dominated_share"] is None
+    assert only_on["hv_kd_on"] == pytest.approx(0.9 * 0.1e6)

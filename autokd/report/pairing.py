@@ -1,0 +1,249 @@
+"""KD twins -> pairs, and the pairs that were lost on the way.
+
+A KD twin is the same configuration (searched settings and seed) trained with ``distill.kd`` flipped. The study
+records the link: a twin carries ``twin_of`` = its original's trial number (a retry of a twin keeps the link).
+Pairs are made from that link first, and each linked pair is checked: the two trials' searched params and resolved
+settings must differ in ``distill.kd`` only (``search.*`` budget fields and where the data lives are ignored).
+COMPLETE trials without a link (a sampler may propose a twin by itself) are then matched by params and seed.
+
+Nothing is dropped silently. An original whose every twin FAILED is a **lost pair** (``original``, ``twin``,
+``failed_side``, ``reason``); a twin that is still WAITING or RUNNING is **pending** (not lost); a failure whose
+retry later completed is not lost either; a twin PRUNED as a duplicate of a trial that already ran
+(``duplicate_of``) is not lost.
+
+Plain data in, plain data out: trial dicts as made by :func:`autokd.study.trial_records`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KD_PARAM = "distill.kd"
+# Settings that may differ between twins without making them different configurations.
+IGNORED_SETTINGS = ({"search"}, {"dataset": {"root", "download"}})
+
+__all__ = ["KD_PARAM", "Pair", "LostPair", "Pairing", "pair_trials", "kd_flag", "metric_of", "is_state"]
+
+
+def is_state(trial: Mapping, state: str) -> bool:
+    """``trial["state"]`` is ``state`` (also accepts enum spellings such as ``TrialState.COMPLETE``)."""
+    value = trial.get("state")
+    return isinstance(value, str) and value.rsplit(".", 1)[-1].upper() == state
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
+
+
+def _nested_get(mapping: Any, dotted: str) -> Any:
+    node = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def kd_flag(trial: Mapping, kd_param: str = KD_PARAM) -> bool | None:
+    """KD on/off: ``params[kd_param]``, else the same dotted path in ``settings``."""
+    params = trial.get("params") or {}
+    if kd_param in params:
+        return _as_bool(params[kd_param])
+    return _as_bool(_nested_get(trial.get("settings") or {}, kd_param))
+
+
+def metric_of(metrics: Any, metric: str) -> float | None:
+    """A finite number from ``metrics[metric]``, else None."""
+    value = (metrics or {}).get(metric) if isinstance(metrics, Mapping) else None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a param value; bools never equal ints."""
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_freeze(v) for v in value))
+    return value
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One KD twin: the KD-on trial, the KD-off trial and their shared searched params (without the KD flag).
+
+    ``linked`` says whether the pair came from the study's ``twin_of`` link (else: matched by params and seed)."""
+
+    on: dict = field(repr=False)
+    off: dict = field(repr=False)
+    params: dict
+    seed: Any = None
+    linked: bool = True
+
+    @property
+    def numbers(self) -> tuple[int, int]:
+        return int(self.on["number"]), int(self.off["number"])
+
+    def gain(self, metric: str) -> float | None:
+        """metric(KD on) − metric(KD off) of the trials' reported (mean-over-repeats) metrics."""
+        on, off = metric_of(self.on.get("metrics"), metric), metric_of(self.off.get("metrics"), metric)
+        return None if on is None or off is None else on - off
+
+    def repeat_gains(self, metric: str) -> list[float] | None:
+        """The gain repeat by repeat (repeat r of the KD trial against repeat r of its twin: the same streams),
+        or None when either side kept no per-repeat metrics."""
+        on = (self.on.get("metrics") or {}).get("repeats")
+        off = (self.off.get("metrics") or {}).get("repeats")
+        if not isinstance(on, list) or not isinstance(off, list) or len(on) != len(off) or not on:
+            return None
+        gains = []
+        for a, b in zip(on, off):
+            x, y = metric_of(a, metric), metric_of(b, metric)
+            if x is None or y is None:
+                return None
+            gains.append(x - y)
+        return gains
+
+
+@dataclass(frozen=True)
+class LostPair:
+    """An original whose twin never completed: which side failed and why."""
+
+    original: int
+    twin: int | None
+    failed_side: str | None  # "kd_on" | "kd_off" (the twin's side), None when the pair was refused as mismatched
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"original": self.original, "twin": self.twin, "failed_side": self.failed_side, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Pairing:
+    pairs: list[Pair]
+    lost: list[LostPair]
+    pending: list[int]  # originals whose twin is still WAITING or RUNNING
+    unpaired: list[int]  # COMPLETE trials in no pair (and not an original with a pending/lost twin)
+
+
+def _settings_diff(a: Mapping, b: Mapping, kd_param: str) -> list[str]:
+    """Dotted paths where two trials' settings differ, beyond ``kd_param`` and the ignored settings."""
+    ignored_blocks, ignored_fields = IGNORED_SETTINGS
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, Mapping):
+            return {prefix: _freeze(node)}
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            top, _, rest = path.partition(".")
+            if top in ignored_blocks or rest in ignored_fields.get(top, ()):
+                continue
+            out.update(flat(v, path))
+        return out
+
+    fa, fb = flat(a or {}), flat(b or {})
+    return sorted(k for k in set(fa) | set(fb) if k != kd_param and fa.get(k) != fb.get(k))
+
+
+def _mismatch(original: Mapping, twin: Mapping, kd_param: str) -> str | None:
+    """Why two linked trials are not a KD pair (None when they are)."""
+    fo, ft = kd_flag(original, kd_param), kd_flag(twin, kd_param)
+    if fo is None or ft is None or fo == ft:
+        return f"{kd_param} is not flipped between the two trials"
+    po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k != kd_param}
+    pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k != kd_param}
+    diff = sorted(k for k in set(po) | set(pt) if po.get(k) != pt.get(k))
+    if not diff and original.get("settings") and twin.get("settings"):
+        diff = _settings_diff(original["settings"], twin["settings"], kd_param)
+    return f"settings differ beyond {kd_param}: {', '.join(diff)}" if diff else None
+
+
+def _make_pair(a: Mapping, b: Mapping, kd_param: str, linked: bool) -> Pair:
+    on, off = (a, b) if kd_flag(a, kd_param) else (b, a)
+    params = {k: v for k, v in (a.get("params") or {}).items() if k != kd_param}
+    seed = _nested_get(a.get("settings") or {}, "train.seed")
+    return Pair(dict(on), dict(off), params, seed, linked)
+
+
+def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairing:
+    """Pair KD twins by their ``twin_of`` link (checked), then unlinked COMPLETE trials by params and seed."""
+    trials = [t for t in trials if isinstance(t, Mapping) and isinstance(t.get("number"), (int, np.integer))]
+    by_number = {int(t["number"]): t for t in trials}
+    twins: dict[int, list[Mapping]] = {}
+    for t in trials:
+        link = t.get("twin_of")
+        if isinstance(link, (int, np.integer)) and int(link) in by_number:
+            twins.setdefault(int(link), []).append(t)
+
+    pairs: list[Pair] = []
+    lost: list[LostPair] = []
+    pending: list[int] = []
+    used: set[int] = set()
+    for number in sorted(twins):
+        original = by_number[number]
+        if number in used or not is_state(original, "COMPLETE") or kd_flag(original, kd_param) is None:
+            continue  # (an original already paired as someone's twin: a chain of links pairs each trial once)
+        members = sorted((t for t in twins[number] if int(t["number"]) not in used), key=lambda t: int(t["number"]))
+        done = [t for t in members if is_state(t, "COMPLETE")]
+        if done:
+            twin = done[0]
+            reason = _mismatch(original, twin, kd_param)
+            used |= {number, int(twin["number"])}
+            if reason is None:
+                pairs.append(_make_pair(original, twin, kd_param, linked=True))
+            else:
+                lost.append(LostPair(number, int(twin["number"]), None, reason))
+        elif any(is_state(t, "WAITING") or is_state(t, "RUNNING") for t in members):
+            pending.append(number)
+            used.add(number)
+        else:
+            failed = [t for t in members if is_state(t, "FAIL")]
+            if failed:
+                twin = failed[-1]
+                # The twin's side is the opposite of its original's (whose flag is known): a twin that failed
+                # before it sampled anything has no params or settings to read it from.
+                side = "kd_off" if kd_flag(original, kd_param) else "kd_on"
+                why = twin.get("fail_reason") or "failed"
+                tries = f" (after {len(failed)} attempts)" if len(failed) > 1 else ""
+                lost.append(LostPair(number, int(twin["number"]), side, f"{why}{tries}"))
+                used.add(number)
+
+    # Unlinked COMPLETE trials: matched by searched params and seed (lowest trial numbers first).
+    groups: dict[Any, dict[bool, list[Mapping]]] = {}
+    for t in sorted(trials, key=lambda t: int(t["number"])):
+        if int(t["number"]) in used or not is_state(t, "COMPLETE"):
+            continue
+        flag = kd_flag(t, kd_param)
+        if flag is None:
+            continue
+        params = {k: v for k, v in (t.get("params") or {}).items() if k != kd_param}
+        key = (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")))
+        groups.setdefault(key, {True: [], False: []})[flag].append(t)
+    for sides in groups.values():
+        for a, b in zip(sides[True], sides[False]):
+            if _mismatch(a, b, kd_param) is None:
+                pairs.append(_make_pair(a, b, kd_param, linked=False))
+                used |= {int(a["number"]), int(b["number"])}
+
+    pairs.sort(key=lambda p: min(p.numbers))
+    lost.sort(key=lambda lp: lp.original)
+    unpaired = sorted(int(t["number"]) for t in trials if is_state(t, "COMPLETE") and int(t["number"]) not in used)
+    return Pairing(pairs, lost, sorted(pending), unpaired)
