@@ -30,7 +30,7 @@ from autokd.models import build_student
 from autokd.progress import ProgressCallback, silent
 from autokd.sampling import TrialConfig, sample
 from autokd.space import Choices, Space
-from autokd.teacher import Teacher, ViewPool, pool_logits, view_accuracy
+from autokd.teacher import Teacher, ViewPool, augment_policy, pool_logits, view_accuracy
 from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
@@ -75,6 +75,10 @@ def prepare_inputs(space: Space, data: Splits, *, teacher: Teacher | None = None
     ``view_accuracy``."""
     if pool is None:
         pool = view_pool(space, data)
+    if teacher is not None and teacher.source != "checkpoint" and teacher.augmented != (
+            augment_policy(space, pool) is not None):
+        raise ValueError("the teacher was trained for another augmentation policy than this space asks for: "
+                         "pass the same pool to get_teacher(..., pool=view_pool(space, data))")
     if pool is None:
         return TrialInputs(data, teacher)
     logits = None

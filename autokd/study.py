@@ -415,6 +415,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "twin_of": t.user_attrs.get("twin_of"),
             "retry_of": t.user_attrs.get("retry_of"),
             "duplicate_of": t.user_attrs.get("duplicate_of"),
+            "teacher": t.user_attrs.get("teacher"),
         })
     return records
 

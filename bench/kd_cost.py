@@ -20,7 +20,7 @@ import optuna
 import torch
 
 from autokd.data import load_dataset
-from autokd.objective import TrialInputs, prepare_inputs, run_config
+from autokd.objective import TrialInputs, prepare_inputs, run_config, view_pool
 from autokd.sampling import sample
 from autokd.space import load_space
 from autokd.teacher import get_teacher
@@ -54,8 +54,9 @@ def main() -> None:
     space = load_space("spaces/mobilenet.yaml", overrides=args.overrides)
     data = load_dataset(space.dataset)
     with tempfile.TemporaryDirectory() as cache:
-        teacher = get_teacher(space, data, cache_dir=cache)
-        inputs = prepare_inputs(space, data, teacher=teacher)
+        pool = view_pool(space, data)
+        teacher = get_teacher(space, data, pool=pool, cache_dir=cache)
+        inputs = prepare_inputs(space, data, teacher=teacher, pool=pool)
         ratios, naive = [], []
         for params in CONFIGS:
             runs: dict[bool, list[float]] = {True: [], False: []}

@@ -219,6 +219,9 @@ def aug_space(tiny: dict, augment) -> dict:
     data = copy.deepcopy(tiny)
     data["train"]["augment"] = augment
     data["train"]["augment_views"] = 2
+    # These tests drive the pool-logit mechanics with the tiny space's clean session teacher: say so (the
+    # consistent teacher trained on the pool is tested in test_consistent_teacher.py).
+    data["distill"]["teacher"]["augment"] = False
     return data
 
 

@@ -101,3 +101,12 @@ def test_teacher_augment_values(tiny_space, value, ok):
 
         with pytest.raises(SpaceError, match="distill.teacher.augment"):
             space_from_dict(s)
+
+
+def test_a_teacher_of_another_policy_is_refused(tiny_space, tmp_path):
+    """A clean teacher handed to a space whose teacher should train on the pool is a programming error."""
+    sp = space(tiny_space, epochs=1)
+    data = load_dataset(sp.dataset)
+    clean = get_teacher(space(tiny_space, epochs=1, augment=False), data, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="augmentation policy"):
+        prepare_inputs(sp, data, teacher=clean)

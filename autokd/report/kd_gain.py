@@ -34,6 +34,7 @@ import numpy as np
 from autokd.report import orthogonality, stats
 from autokd.report.pairing import KD_PARAM, Pair, pair_trials
 from autokd.report.pareto import front_comparison
+from autokd.report.orthogonality import MIN_HETEROGENEITY_CONFIGURATIONS
 from autokd.report.verdict import MIN_VERDICT_PAIRS, overall_word, verdict_text, warnings_for
 
 __all__ = ["kd_analysis", "ESTIMAND"]
@@ -106,7 +107,13 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     factors = {name: [p.params.get(name) for p in kept] for name in names}
     repeat_gains = [p.repeat_gains(primary) for p in kept]
     repeats = min((len(r) if r else 1 for r in repeat_gains), default=1)
-    with_repeats = repeats > 1 and len(kept) >= 2
+    repeats_note = None
+    if repeats == 1 and any(r and len(r) > 1 for r in repeat_gains):
+        without = [f"{p.numbers[0]}/{p.numbers[1]}" for p, r in zip(kept, repeat_gains) if not r or len(r) < 2]
+        repeats_note = (f"Pairs {', '.join(without)} kept no per-repeat metrics, so seed noise and heterogeneity "
+                        "across configurations are not analysed.")
+    # Heterogeneity (tau) is reported from MIN_HETEROGENEITY_CONFIGURATIONS configurations up (validated range).
+    with_repeats = repeats > 1 and len(kept) >= MIN_HETEROGENEITY_CONFIGURATIONS
     ortho = orthogonality.analyze(gains, factors, margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
                                   repeat_gains=repeat_gains if with_repeats else None)
     model = {k: ortho.get(k) for k in ("fitted", "reason", "n_pairs", "n_coefficients", "df_resid", "se", "test",
@@ -115,9 +122,13 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     fronts = front_comparison(trials, cost_metric=cost_metric, metric=primary, kd_param=kd_param)
     lost = [lp.to_dict() for lp in pairing.lost]
     numbers = [p.numbers for p in kept]
+    refused = [lp.to_dict() for lp in pairing.refused]
+    teacher_keys = [str(t["teacher"]) for p in pairs for t in (p.on,) if t.get("teacher")]
     warnings = warnings_for(summary=gain[primary], lost=lost, teacher=teacher, pair_numbers=numbers,
-                            collinear=ortho.get("collinear") or [])
-    unit = "configuration" if with_repeats else "pair"
+                            collinear=ortho.get("collinear") or [], refused=refused,
+                            unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
+                            repeats_note=repeats_note)
+    unit = "configuration" if repeats > 1 else "pair"
     return _jsonable({
         "metric": primary,
         "estimand": ESTIMAND,
@@ -129,6 +140,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
                    "repeat_gains": p.repeat_gains(primary), "linked": p.linked} for p in pairs],
         "lost_pairs": lost,
         "n_lost_pairs": len(lost),
+        "refused_pairs": refused,
         "repeats": repeats,
         "min_pairs": MIN_VERDICT_PAIRS,
         "gain": gain,

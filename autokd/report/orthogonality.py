@@ -86,6 +86,8 @@ __all__ = [
 
 TEST_NAME = "HC3 Wald; p = max(Freedman-Lane sign-flip bootstrap, F(q, Bell-McCaffrey df))"
 HETEROGENEITY_METHOD = "one-way random-effects ANOVA; exact F interval for tau^2/sigma_w^2 scaled by MSW"
+MIN_HETEROGENEITY_CONFIGURATIONS = 5  # tau and its interval are reported from this many configurations
+MIN_SAME_CONFIGURATIONS = 10  # "the same everywhere" needs at least this many
 COLLINEAR_GVIF = 2.0       # GVIF^(1/(2 df)) above this flags a factor as collinear
 _LEVERAGE_ONE = 1e-9       # h_ii > 1 - this counts as leverage 1
 
@@ -192,7 +194,8 @@ def heterogeneity(repeat_gains: Sequence[Sequence[float]], *, margin: float, con
     Unbalanced repeats: every configuration's first R = min repeats are used (``repeats_dropped`` counts the
     rest), which keeps the balanced method valid at the cost of some data.
 
-    ``same_everywhere`` = tau_high < margin / 2: the gain's spread across configurations is shown to be small.
+    ``same_everywhere`` = tau_high < margin / 2 with at least ``MIN_SAME_CONFIGURATIONS`` configurations and some
+    seed noise (MSW > 0): the gain's spread across configurations is shown to be small.
     """
     rows = [np.asarray(r, dtype=float) for r in repeat_gains]
     k = len(rows)
@@ -208,7 +211,10 @@ def heterogeneity(repeat_gains: Sequence[Sequence[float]], *, margin: float, con
     tau_high = math.sqrt(max(0.0, (msb / f_lo - msw) / R))
     return {"method": HETEROGENEITY_METHOD, "n_configurations": k, "repeats": R, "repeats_dropped": dropped,
             "seed_sd": math.sqrt(msw), "tau": math.sqrt(tau2), "tau_low": tau_low, "tau_high": tau_high,
-            "confidence": confidence, "msb": msb, "msw": msw, "same_everywhere": bool(tau_high < margin / 2)}
+            "confidence": confidence, "msb": msb, "msw": msw,
+            # Claimed only where the interval was validated (k >= 10 here; simulated from 5) and seed noise was seen:
+            # with MSW = 0 the bound collapses to 0 whatever the configurations' true spread.
+            "same_everywhere": bool(k >= MIN_SAME_CONFIGURATIONS and msw > 0 and tau_high < margin / 2)}
 
 
 @lru_cache(maxsize=256)

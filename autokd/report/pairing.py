@@ -138,7 +138,8 @@ class LostPair:
 @dataclass(frozen=True)
 class Pairing:
     pairs: list[Pair]
-    lost: list[LostPair]
+    lost: list[LostPair]  # a twin FAILED for good
+    refused: list[LostPair]  # linked trials that differ beyond distill.kd (failed_side None): no pair
     pending: list[int]  # originals whose twin is still WAITING or RUNNING
     unpaired: list[int]  # COMPLETE trials in no pair (and not an original with a pending/lost twin)
 
@@ -195,6 +196,7 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
 
     pairs: list[Pair] = []
     lost: list[LostPair] = []
+    refused: list[LostPair] = []
     pending: list[int] = []
     used: set[int] = set()
     for number in sorted(twins):
@@ -210,7 +212,7 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
             if reason is None:
                 pairs.append(_make_pair(original, twin, kd_param, linked=True))
             else:
-                lost.append(LostPair(number, int(twin["number"]), None, reason))
+                refused.append(LostPair(number, int(twin["number"]), None, reason))
         elif any(is_state(t, "WAITING") or is_state(t, "RUNNING") for t in members):
             pending.append(number)
             used.add(number)
@@ -246,4 +248,4 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
     pairs.sort(key=lambda p: min(p.numbers))
     lost.sort(key=lambda lp: lp.original)
     unpaired = sorted(int(t["number"]) for t in trials if is_state(t, "COMPLETE") and int(t["number"]) not in used)
-    return Pairing(pairs, lost, sorted(pending), unpaired)
+    return Pairing(pairs, lost, refused, sorted(pending), unpaired)

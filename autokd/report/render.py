@@ -105,9 +105,9 @@ def _ci(low: Any, high: Any) -> str:
 
 
 def _p(p: Any) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    from autokd.report.verdict import fmt_p
+
+    return "-" if p is None else fmt_p(p).removeprefix("= ")
 
 
 def kd_teacher_text(kd: dict[str, Any]) -> Text | None:

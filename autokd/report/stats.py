@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
+MIN_INTERVAL_PAIRS = 3  # no interval (overall or per level) is shown from fewer pairs
+
 __all__ = [
     "GainSummary",
     "hodges_lehmann",
@@ -244,6 +246,7 @@ class GainSummary:
     win_rate: float | None
     p_sign: float | None
     outliers: list[int] = field(default_factory=list)
+    signed_rank_direction: int | None = None  # sign of W = sum(sign * rank): +1 gains lean positive, -1 negative
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field; non-finite floats become None."""
@@ -259,7 +262,8 @@ def summarize_gain(gains: Sequence[float], *, confidence: float = 0.95, seed: in
     """Summarise paired gains: mean, SD (ddof=1), Student-t interval, Hodges-Lehmann, signed-rank p, win rate,
     exact sign-test p and outlier indices.
 
-    The t interval assumes independent pairs and a roughly symmetric gain distribution (None below 2 gains). Win
+    The t interval assumes independent pairs and a roughly symmetric gain distribution (None below
+    ``MIN_INTERVAL_PAIRS`` = 3 gains). Win
     rate = share of gains > 0 with exact zeros counting half; the sign test (scipy ``binomtest``, two-sided) drops
     zeros and is None when all gains are zero. No gains: every statistic is None.
     """
@@ -270,7 +274,8 @@ def summarize_gain(gains: Sequence[float], *, confidence: float = 0.95, seed: in
     method = "student-t"
     if n == 0:
         return GainSummary(0, None, None, None, None, float(confidence), method, None, None, None, None, None, [])
-    ci = t_interval(x, confidence=confidence)
+    # No interval from fewer than MIN_INTERVAL_PAIRS gains: with 2 the t interval rests on one degree of freedom.
+    ci = t_interval(x, confidence=confidence) if n >= MIN_INTERVAL_PAIRS else None
     p_rank, rank_desc = signed_rank_test(x, seed=seed)
     s = _snap(x)
     wins, losses = int(np.sum(s > 0)), int(np.sum(s < 0))
@@ -289,4 +294,14 @@ def summarize_gain(gains: Sequence[float], *, confidence: float = 0.95, seed: in
         win_rate=(wins + 0.5 * (n - wins - losses)) / n,
         p_sign=p_sign,
         outliers=outlier_indices(x),
+        signed_rank_direction=_signed_rank_direction(s),
     )
+
+
+def _signed_rank_direction(snapped: np.ndarray) -> int | None:
+    """Sign of the Pratt signed-rank statistic W (which side the test leans to); None when every gain is 0."""
+    if not np.any(snapped != 0):
+        return None
+    ranks = _st.rankdata(np.abs(snapped))
+    w = float(np.sum(np.sign(snapped) * ranks))
+    return int(np.sign(w))

@@ -21,12 +21,12 @@ def overall_word(summary: Mapping[str, Any], *, alpha: float = 0.05, min_pairs: 
     if n < min_pairs:
         return "too_few_pairs"
     low, high, p = summary.get("ci_low"), summary.get("ci_high"), summary.get("p_signed_rank")
-    centre = summary.get("hodges_lehmann")
+    direction = summary.get("signed_rank_direction")  # which side the signed-rank statistic leans to
     if low is None or high is None or p is None or p >= alpha:
         return "no_clear_gain"
-    if low > 0 and (centre is None or centre > 0):
+    if low > 0 and direction == 1:
         return "adds"
-    if high < 0 and (centre is None or centre < 0):
+    if high < 0 and direction == -1:
         return "hurts"
     return "no_clear_gain"
 
@@ -127,7 +127,8 @@ def heterogeneity_sentence(het: Mapping[str, Any] | None, margin: float) -> str 
         return None
     level = round(100 * float(het.get("confidence") or 0.9))
     text = (f"Between-configuration SD of the gain beyond seed noise τ = {pts(het['tau'], sign=False)} pts "
-            f"({level}% CI {interval(het.get('tau_low'), het.get('tau_high'))})")
+            f"({level}% CI {interval(het.get('tau_low'), het.get('tau_high'))}; seed noise given one view pool, "
+            "teacher and data split)")
     if het.get("same_everywhere"):
         return text + f": KD's gain is the same everywhere (upper bound below margin/2 = {pts(margin / 2, sign=False)})."
     return text + "."
@@ -135,9 +136,24 @@ def heterogeneity_sentence(het: Mapping[str, Any] | None, margin: float) -> str 
 
 def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]],
                  teacher: Mapping[str, Any] | None, pair_numbers: Sequence[tuple[int, int]],
-                 collinear: Sequence[str]) -> list[str]:
+                 collinear: Sequence[str], refused: Sequence[Mapping[str, Any]] = (), unusable: int = 0,
+                 metric: str = "val_accuracy", teacher_keys: Sequence[str] = (),
+                 repeats_note: str | None = None) -> list[str]:
     """The caveats a reader must see next to the numbers."""
     out = []
+    if refused:
+        out.append(f"{_plural(len(refused), 'linked pair')} refused: the two trials differ beyond distill.kd "
+                   "(see kd.refused_pairs).")
+    if unusable:
+        out.append(f"{_plural(unusable, 'pair')} lack a finite {metric} on one side and are left out of the statistics.")
+    if repeats_note:
+        out.append(repeats_note)
+    if summary.get("sd") == 0 and int(summary.get("n_pairs") or 0) >= 2:
+        out.append("Every pair has the same gain: the interval has no width and carries no estimate of the noise "
+                   "(a saturated metric or too small a validation set?).")
+    if len(set(teacher_keys)) > 1:
+        out.append(f"KD trials distilled from {len(set(teacher_keys))} different teachers "
+                   f"({', '.join(sorted(set(teacher_keys)))}): the pairs do not share one teacher.")
     if lost:
         out.append(f"{_plural(len(lost), 'pair')} lost (a twin failed or did not match): see kd.lost_pairs; the "
                    "statistics use the complete pairs only.")

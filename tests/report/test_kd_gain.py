@@ -17,7 +17,7 @@ from autokd.report.verdict import FACTOR_WORDS
 
 BITS = (4, 8, 32)
 WIDTHS = (0.25, 0.5)
-KEYS = {"metric", "estimand", "units", "n_pairs", "n_unpaired", "n_pending", "pairs", "lost_pairs", "n_lost_pairs",
+KEYS = {"metric", "estimand", "units", "n_pairs", "n_unpaired", "n_pending", "pairs", "lost_pairs", "n_lost_pairs", "refused_pairs",
         "repeats", "min_pairs", "gain", "overall", "margin", "model", "factors", "collinear", "heterogeneity",
         "fronts", "teacher", "warnings", "verdict"}
 
@@ -220,15 +220,16 @@ def test_lost_pending_and_retried_twins():
     kd = kd_analysis(trials)
     assert kd["n_pairs"] == 13
     assert {"on": 102, "off": 104} == {k: v for k, v in kd["pairs"][12].items() if k in ("on", "off")}
-    assert kd["n_lost_pairs"] == 2
-    assert kd["lost_pairs"][0] == {"original": 100, "twin": 101, "failed_side": "kd_off",
-                                   "reason": "RuntimeError: boom"}
-    refused = kd["lost_pairs"][1]
+    assert kd["n_lost_pairs"] == 1
+    assert kd["lost_pairs"] == [{"original": 100, "twin": 101, "failed_side": "kd_off",
+                                 "reason": "RuntimeError: boom"}]
+    (refused,) = kd["refused_pairs"]
     assert (refused["original"], refused["twin"], refused["failed_side"]) == (105, 106, None)
     assert "compress.bits" in refused["reason"]
     assert kd["n_pending"] == 1 and kd["n_unpaired"] == 1
-    assert " 2 pairs lost. " in kd["verdict"], kd["verdict"]
-    assert any(w.startswith("2 pairs lost") for w in kd["warnings"])
+    assert " 1 pair lost. " in kd["verdict"], kd["verdict"]
+    assert any(w.startswith("1 pair lost") for w in kd["warnings"])
+    assert any(w.startswith("1 linked pair refused") for w in kd["warnings"])
 
 
 def test_one_lost_pair_is_one_pair_lost():

@@ -434,3 +434,16 @@ def test_sim_heterogeneity_interval_coverage(bench):
         r = bench.run_tau((k, R, tau, REPS, 12345))
         assert r["used"] >= 0.90 - 3 * _se(0.90, REPS), r
         assert r["high_miss"] <= 0.05 + 3 * _se(0.05, REPS), r
+
+
+def test_same_everywhere_needs_seed_noise_and_enough_configurations():
+    from autokd.report.orthogonality import MIN_SAME_CONFIGURATIONS
+
+    # Every repeat identical (saturated twins): MSW = 0 collapses the bound; no claim is made.
+    flat = heterogeneity([[0.02, 0.02]] * 12, margin=0.01)
+    assert flat["tau_high"] < 1e-12 and flat["same_everywhere"] is False
+    rng = np.random.default_rng(3)
+    few = heterogeneity((0.02 + 0.001 * rng.normal(size=(MIN_SAME_CONFIGURATIONS - 1, 3))).tolist(), margin=0.01)
+    assert few["tau_high"] < 0.005 and few["same_everywhere"] is False
+    many = heterogeneity((0.02 + 0.001 * rng.normal(size=(MIN_SAME_CONFIGURATIONS, 3))).tolist(), margin=0.01)
+    assert many["tau_high"] < 0.005 and many["same_everywhere"] is True

@@ -83,8 +83,8 @@ def test_pair_orientation_params_and_seed():
 def test_linked_pair_that_differs_beyond_kd_is_refused_and_lost(twin_kwargs, why):
     trials = [trial(0, True), trial(1, False, twin_of=0, **twin_kwargs)]
     pairing = pair_trials(trials)
-    assert pairing.pairs == []
-    (lost,) = pairing.lost
+    assert pairing.pairs == [] and pairing.lost == []  # refused, not lost: no twin failed
+    (lost,) = pairing.refused
     assert (lost.original, lost.twin, lost.failed_side) == (0, 1, None)
     assert lost.reason.startswith("settings differ beyond distill.kd: ")
     assert why in lost.reason
@@ -95,7 +95,7 @@ def test_linked_pair_that_differs_beyond_kd_is_refused_and_lost(twin_kwargs, why
 def test_linked_pair_with_kd_not_flipped_is_refused():
     pairing = pair_trials([trial(0, True), trial(1, True, twin_of=0)])
     assert pairing.pairs == []
-    assert [lp.to_dict() for lp in pairing.lost] == [
+    assert [lp.to_dict() for lp in pairing.refused] == [
         {"original": 0, "twin": 1, "failed_side": None, "reason": "distill.kd is not flipped between the two trials"}]
 
 

@@ -27,9 +27,11 @@ def summary(gains):
     return summarize_gain(gains).to_dict()
 
 
-def fake(n=20, *, low=0.01, high=0.03, p=0.001, hl=0.02, mean=0.02):
+def fake(n=20, *, low=0.01, high=0.03, p=0.001, hl=0.02, mean=0.02, direction=None):
+    if direction is None:
+        direction = 1 if mean > 0 else -1
     return {"n_pairs": n, "mean": mean, "ci_low": low, "ci_high": high, "p_signed_rank": p, "hodges_lehmann": hl,
-            "confidence": 0.95, "method": "student-t"}
+            "confidence": 0.95, "method": "student-t", "signed_rank_direction": direction}
 
 
 # --------------------------------------------------------------------------- #
@@ -74,10 +76,19 @@ def test_a_skewed_gain_with_a_positive_mean_is_no_clear_gain():
 
 def test_the_interval_and_the_test_must_agree_on_the_direction():
     assert overall_word(fake()) == "adds"
-    assert overall_word(fake(hl=-0.001)) == "no_clear_gain"
+    assert overall_word(fake(direction=-1)) == "no_clear_gain"
     assert overall_word(fake(low=-0.03, high=-0.01, hl=-0.02, mean=-0.02)) == "hurts"
-    assert overall_word(fake(low=-0.03, high=-0.01, hl=0.001, mean=-0.02)) == "no_clear_gain"
+    assert overall_word(fake(low=-0.03, high=-0.01, hl=0.001, mean=-0.02, direction=1)) == "no_clear_gain"
     assert overall_word(fake(low=-0.001)) == "no_clear_gain"
+
+
+def test_many_zero_gains_do_not_hide_a_consistent_gain():
+    # Saturated pairs gain exactly 0; the rest gain one or two images. Hodges-Lehmann is 0 here, but the interval
+    # excludes 0 and the signed-rank test leans positive and rejects: KD adds.
+    s = summary([0.0] * 22 + [0.02] * 8)
+    assert s["hodges_lehmann"] == 0 and s["ci_low"] > 0 and s["p_signed_rank"] < 0.05
+    assert s["signed_rank_direction"] == 1
+    assert overall_word(s) == "adds"
 
 
 def test_the_signed_rank_p_must_be_below_alpha():
@@ -186,7 +197,7 @@ def test_verdict_text_counts_lost_pairs():
 def test_heterogeneity_sentence():
     het = {"tau": 0.002, "tau_low": 0.0, "tau_high": 0.004, "confidence": 0.9, "same_everywhere": True}
     text = heterogeneity_sentence(het, 0.01)
-    assert text.startswith("Between-configuration SD of the gain beyond seed noise τ = 0.2 pts (90% CI 0.0–0.4)")
+    assert text.startswith("Between-configuration SD of the gain beyond seed noise τ = 0.2 pts (90% CI 0.0–0.4; seed noise given one view pool")
     assert "the same everywhere" in text and "0.5" in text
     wide = heterogeneity_sentence(dict(het, tau_high=0.02, same_everywhere=False), 0.01)
     assert "same everywhere" not in wide and wide.endswith(".")
