@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 
 from autokd.report import orthogonality, stats
+from autokd.report.stats import jsonable
 from autokd.report.pairing import KD_PARAM, Pair, pair_trials
 from autokd.report.pareto import front_comparison
 from autokd.report.orthogonality import MIN_HETEROGENEITY_CONFIGURATIONS
@@ -41,24 +41,6 @@ __all__ = ["kd_analysis", "ESTIMAND"]
 
 ESTIMAND = ("the mean KD gain (KD on − KD off, paired twins) over the configurations this study visited; the "
             "sampler does not draw configurations independently, so it is not the mean over the whole space")
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain Python types only; non-finite floats become None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
 
 
 def _usable(pairs: Sequence[Pair], metric: str) -> list[Pair]:
@@ -129,7 +111,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
                             unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
                             repeats_note=repeats_note)
     unit = "configuration" if repeats > 1 else "pair"
-    return _jsonable({
+    return jsonable({
         "metric": primary,
         "estimand": ESTIMAND,
         "units": "fraction of accuracy (0.01 = 1 point)",

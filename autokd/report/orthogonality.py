@@ -75,7 +75,7 @@ from scipy import stats as _st
 
 from autokd.report.levels import Levels, factor_levels, merge_small_levels
 from autokd.report.linear import aliased_blocks, bell_mccaffrey_df, fit_ols_hc3, gvif, sign_patterns, wald_signflip
-from autokd.report.stats import holm_adjust, t_interval
+from autokd.report.stats import as_values, holm_adjust, jsonable, t_interval
 
 __all__ = [
     "TEST_NAME",
@@ -119,26 +119,6 @@ def _check_int(value: Any, name: str, *, minimum: int) -> int:
     return int(value)
 
 
-def _as_vector(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, (str, bytes, Mapping)):
-        raise ValueError(f"{name} must be a 1-D sequence of numbers")
-    try:
-        items = list(values)
-    except TypeError:
-        raise ValueError(f"{name} must be a 1-D sequence of numbers") from None
-    if any(isinstance(v, (bool, np.bool_)) for v in items):
-        raise ValueError(f"{name} must hold numbers, not bools")
-    try:
-        arr = np.asarray(items, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D sequence of numbers") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (no NaN/inf)")
-    return arr
-
-
 def _check_factors(factors: Any, n: int) -> dict[str, list]:
     if not isinstance(factors, Mapping):
         raise ValueError("factors must be a mapping of factor name -> one raw value per pair")
@@ -158,7 +138,7 @@ def _check_factors(factors: Any, n: int) -> dict[str, list]:
 def _check_repeats(repeat_gains: Any, gains: np.ndarray) -> list[np.ndarray]:
     if isinstance(repeat_gains, (str, bytes, Mapping)) or not isinstance(repeat_gains, (Sequence, np.ndarray)):
         raise ValueError("repeat_gains must be a sequence (one sequence of per-repeat gains per pair)")
-    rows = [_as_vector(r, f"repeat_gains[{i}]") for i, r in enumerate(repeat_gains)]
+    rows = [as_values(r, f"repeat_gains[{i}]") for i, r in enumerate(repeat_gains)]
     if len(rows) != gains.size:
         raise ValueError(f"repeat_gains has {len(rows)} rows for {gains.size} gains")
     if len(rows) < 2:
@@ -256,20 +236,6 @@ def _factor_entry(name: str, levels: Levels, gains: np.ndarray) -> dict:
             "reason": None, "pairs_needed": None, "detectable": False, "gvif_adjusted": None, "left_out": None}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
-
-
 def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, margin: float,
             repeat_gains: Sequence[Sequence[float]] | None = None, alpha: float = 0.05,
             equivalence_confidence: float = 0.90, n_perm: int = 2000, seed: int = 0, min_level_pairs: int = 3,
@@ -326,7 +292,7 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
 
     Raises ``ValueError`` on invalid input (checked before any work).
     """
-    gains_arr = _as_vector(gains, "gains")
+    gains_arr = as_values(gains, "gains")
     n = int(gains_arr.size)
     factor_values = _check_factors(factors, n)
     margin = _check_number(margin, "margin")
@@ -380,7 +346,7 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
         result["reason"] = reason
         for name in model:
             entries[name]["reason"] = reason
-        return _jsonable(result)
+        return jsonable(result)
 
     if not entries:
         return not_fitted("no other setting varies across the pairs")
@@ -507,4 +473,4 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
             else:
                 need = n + 1
             entry["pairs_needed"] = int(max(n + 1, math.ceil(need)))
-    return _jsonable(result)
+    return jsonable(result)

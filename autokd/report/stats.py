@@ -22,7 +22,7 @@ Statistical choices:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,10 +77,12 @@ def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[fl
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-def _as_values(values: Any, name: str = "gains") -> np.ndarray:
-    """``values`` as a 1-D float array of finite numbers, else ValueError."""
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must be a 1-D sequence of numbers, got a string")
+def as_values(values: Any, name: str = "gains") -> np.ndarray:
+    """``values`` as a 1-D float array of finite numbers (bools refused), else ValueError naming ``name``."""
+    if isinstance(values, (str, bytes, Mapping)):
+        raise ValueError(f"{name} must be a 1-D sequence of numbers, got {type(values).__name__}")
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+        raise ValueError(f"{name} must hold numbers, not bools")
     try:
         x = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as exc:
@@ -102,6 +104,21 @@ def _snap(x: np.ndarray) -> np.ndarray:
     if scale == 0.0:
         return np.zeros_like(x)
     return np.round(x / scale, 10) * scale
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON-able Python data: numpy scalars unwrapped, non-finite floats as None, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _float_or_none(value)
+    return value
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -155,7 +172,7 @@ def signed_rank_test(gains: Sequence[float], *, zero_method: str = "pratt", seed
     """
     if zero_method not in ("pratt", "wilcox"):
         raise ValueError(f"zero_method must be 'pratt' or 'wilcox', got {zero_method!r}")
-    x = _snap(_as_values(gains))
+    x = _snap(as_values(gains))
     name = f"Wilcoxon signed-rank, two-sided, mid-ranks, zero_method={zero_method!r}"
     if zero_method == "wilcox":
         x = x[x != 0]
@@ -183,7 +200,7 @@ def hodges_lehmann(gains: Sequence[float]) -> float | None:
 
     The location estimate that goes with the signed-rank test; consistent for the centre of a symmetric distribution.
     """
-    x = _as_values(gains)
+    x = as_values(gains)
     if x.size == 0:
         return None
     i, j = np.triu_indices(x.size)
@@ -197,7 +214,7 @@ def outlier_indices(gains: Sequence[float]) -> list[int]:
     accuracies) it falls back to 1.2533 * mean absolute deviation from the median (both scale to the SD under
     normality); when that is 0 too, all gains are equal and nothing is flagged. Needs >= 5 gains, else [].
     """
-    x = _as_values(gains)
+    x = as_values(gains)
     if x.size < _MIN_OUTLIER_N:
         return []
     dev = np.abs(x - np.median(x))
@@ -215,7 +232,7 @@ def relative_error_reduction(acc_on: Sequence[float], acc_off: Sequence[float]) 
     Pooled over pairs because a per-pair ratio is undefined when the KD-off model makes no error. None with no pairs
     or when KD-off models make no error at all. Accuracies must be fractions in [0, 1], paired by position.
     """
-    on, off = _as_values(acc_on, "acc_on"), _as_values(acc_off, "acc_off")
+    on, off = as_values(acc_on, "acc_on"), as_values(acc_off, "acc_off")
     if on.size != off.size:
         raise ValueError(f"acc_on and acc_off must pair up, got {on.size} and {off.size} values")
     if np.any((on < 0) | (on > 1)) or np.any((off < 0) | (off > 1)):
@@ -267,7 +284,7 @@ def summarize_gain(gains: Sequence[float], *, confidence: float = 0.95, seed: in
     rate = share of gains > 0 with exact zeros counting half; the sign test (scipy ``binomtest``, two-sided) drops
     zeros and is None when all gains are zero. No gains: every statistic is None.
     """
-    x = _as_values(gains)
+    x = as_values(gains)
     if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
     n = int(x.size)
