@@ -117,7 +117,10 @@ def factors_sentence(factors: Sequence[Mapping[str, Any]], model: Mapping[str, A
             items = []
             for f in by["undetermined"]:
                 need = f.get("pairs_needed")
-                items.append(short(f["factor"]) + (f" (≈{need} pairs would settle it)" if need else ""))
+                if need and need > 1000:
+                    items.append(short(f["factor"]) + " (more than 1,000 pairs would be needed)")
+                else:
+                    items.append(short(f["factor"]) + (f" (≈{need} pairs would settle it)" if need else ""))
             parts.append("undetermined: " + ", ".join(items))
     return "Per technique, " + "; ".join(parts) + "."
 
@@ -170,7 +173,7 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
                        f"({pts(teacher['view_accuracy'], sign=False)}%) than on clean training images: KD numbers "
                        "under augmentation are suspect (set distill.teacher.augment: auto).")
     if collinear:
-        out.append(f"The sampled design leaves {', '.join(short(c) for c in collinear)} nearly collinear "
+        out.append(f"The sampled design leaves {', '.join(short(c) for c in collinear)} nearly collinear with the other techniques "
                    "(GVIF^(1/(2·df)) > 2): the model cannot fully separate their effects on the gain.")
     return out
 

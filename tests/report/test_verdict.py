@@ -240,3 +240,13 @@ def test_lost_pairs_and_outliers_and_collinearity_are_named():
     assert w.startswith("2 pairs' gains are outliers") and "0/1" in w and "2/3" in w
     (w,) = warnings(collinear=["compress.bits", "model.width_mult"])
     assert "bits, width_mult nearly collinear" in w
+
+
+def test_an_unreachable_sample_size_is_not_quoted_to_the_pair():
+    from autokd.report.verdict import factors_sentence
+
+    factors = [{"factor": "compress.bits", "verdict": "undetermined", "pairs_needed": 9068},
+               {"factor": "model.width_mult", "verdict": "undetermined", "pairs_needed": 187}]
+    text = factors_sentence(factors, {"fitted": True}, 0.01)
+    assert "bits (more than 1,000 pairs would be needed)" in text and "9068" not in text
+    assert "width_mult (≈187 pairs would settle it)" in text
