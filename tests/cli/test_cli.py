@@ -262,8 +262,17 @@ def test_failing_trials_exit_1(cli, space_file, tiny_space, tmp_path, monkeypatc
 def test_timeout_prints_the_command_that_resumes(cli, space_file, tiny_space, tmp_path, monkeypatch):
     import sys
 
+    import itertools
+    import types
+
+    import autokd.study
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["caller", "--unrelated"])
+    # The search's clock moves 0.6 s each time it is read: the deadline (1 s) passes after exactly one trial,
+    # however fast this machine trains (a tiny trial can take less than a second).
+    clock = itertools.count(0.0, 0.6)
+    monkeypatch.setattr(autokd.study, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     path = space_file(tiny_space)
     url = f"sqlite:///{tmp_path}/t.db"
     args = ["search", str(path), "--storage", url, "--device", "cpu", "--timeout", "1"]
