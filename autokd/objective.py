@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from autokd.compress import prune_model, quantize_model
@@ -177,6 +179,21 @@ def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, blob
 
 
+def duplicate_of(trial: Any, params: dict[str, Any]) -> int | None:
+    """The number of a COMPLETE or RUNNING trial (not ``trial``) with exactly ``params``, else None.
+
+    Trials share ``train.seed``, so a repeated proposal would only retrain an identical model: the sampler (TPE
+    converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. ``FixedTrial`` (no study) has none.
+    """
+    study = getattr(trial, "study", None)
+    if study is None:
+        return None
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number != trial.number and other.params == params:
+            return other.number
+    return None
+
+
 def mean_metrics(per_repeat: list[dict[str, float]]) -> dict[str, Any]:
     """The mean of each metric over the repeats, plus ``"repeats"``: every repeat's own metrics (in order)."""
     keys = per_repeat[0].keys()
@@ -196,6 +213,8 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: stale-trial recovery
         try:
             return self._run(trial)
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
@@ -207,6 +226,12 @@ class Objective:
 
     def _run(self, trial: Any) -> list[float]:
         cfg = sample(self.space, trial)
+        twin = duplicate_of(trial, cfg.params)
+        if twin is not None:
+            # The same settings and seeds would train the same model again: record the link and skip it.
+            trial.set_user_attr("duplicate_of", twin)
+            self.progress("trial.duplicate", number=trial.number, duplicate_of=twin, params=cfg.params)
+            raise optuna.TrialPruned(f"duplicate of trial {twin}")
         trial.set_user_attr("settings", cfg.settings())
         self.progress("trial.start", number=trial.number, params=cfg.params)
         start = time.perf_counter()

@@ -42,6 +42,7 @@ STUDIES_DIR = Path("studies")
 ATTR_SPACE = "autokd.space"
 ATTR_HASH = "autokd.space_hash"
 ATTR_VERSION = "autokd.version"
+MAX_DUPLICATES_IN_A_ROW = 50  # proposals that repeat a trial before the space is taken as exhausted
 ATTR_TEACHER = "autokd.teacher"  # the teacher's accuracies (clean train/val/test and over the view pool)
 
 
@@ -294,7 +295,7 @@ class SearchResult:
     target: int
     failed_this_run: int
     ran_this_run: int
-    stopped: str  # "done" | "timeout" | "max_failures"
+    stopped: str  # "done" | "timeout" | "max_failures" | "duplicates"
     teacher_source: str | None = None
     teacher_accuracy: float | None = None
     last_error: str | None = None
@@ -344,6 +345,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
     objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
+    duplicates_in_a_row = 0
     with quiet_optuna():
         while _work_left(study, target, twins):
             if deadline is not None and time.monotonic() >= deadline:
@@ -352,12 +354,19 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             if result.failed_this_run >= space.search.max_failures:
                 result.stopped = "max_failures"
                 break
+            if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+                result.stopped = "duplicates"
+                break
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             except KeyboardInterrupt:
                 _requeue_interrupted(study)
                 raise
             last = study.trials[-1]
+            if last.state == TrialState.PRUNED and "duplicate_of" in last.user_attrs:
+                duplicates_in_a_row += 1  # skipped, not trained: does not count as a run
+                continue
+            duplicates_in_a_row = 0
             result.ran_this_run += 1
             if last.state == TrialState.FAIL:
                 result.failed_this_run += 1

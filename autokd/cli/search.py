@@ -89,6 +89,9 @@ class RichProgress:
             task = next(t for t in self.bars.tasks if t.id == self.study_task)
             # A pending KD twin may take the study one trial past its target.
             self.bars.update(self.study_task, advance=1, total=max(task.total or 0, task.completed + 1))
+        elif event == "trial.duplicate":
+            log(f"[dim]trial {d['number']:>3}: same settings as trial {d['duplicate_of']}: skipped (pruned, not "
+                "trained)[/]")
         elif event == "trial.fail":
             log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
 
@@ -139,6 +142,13 @@ def search(
     if result.complete == 0 and result.failed_this_run:
         err.print(f"[red]error: every trial failed; last error: {result.last_error}[/]")
         return 1
+    if result.stopped == "duplicates":
+        from autokd.study import MAX_DUPLICATES_IN_A_ROW
+
+        console.print(f"[yellow]Stopped with {result.complete}/{result.target} complete trials: the sampler proposed "
+                      f"{MAX_DUPLICATES_IN_A_ROW} trials in a row that had already run (the space is nearly "
+                      "exhausted); widen the space or lower search.n_trials.[/]")
+        return 0
     if result.stopped == "timeout":
         resume = ["autokd", "search", *which, "--timeout", f"{timeout:g}",
                   *(["--device", device] if device != "auto" else []),
