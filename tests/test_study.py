@@ -322,7 +322,7 @@ dataset:
   image_size: 8
 model:
   family: mobilenetv2
-  width_mult: {choices: [0.25, 0.5]}
+  width_mult: {choices: [0.25, 0.5, 0.75, 1.0]}  # more configurations than trials: repeats are skipped
 distill:
   kd: true
   teacher:
