@@ -104,7 +104,8 @@ def factors_sentence(factors: Sequence[Mapping[str, Any]], model: Mapping[str, A
     by = {w: [f for f in factors if f.get("verdict") == w] for w in FACTOR_WORDS}
     parts = []
     if by["orthogonal"]:
-        names = ", ".join(short(f["factor"]) for f in by["orthogonal"])
+        names = ", ".join(short(f["factor"]) + (" (a difference smaller than the margin is detectable)"
+                                                if f.get("detectable") else "") for f in by["orthogonal"])
         parts.append(f"orthogonal to KD within ±{pts(margin, sign=False)} pts: {names}")
     if by["interacts"]:
         phrases = [difference_phrase(f) or short(f["factor"]) for f in by["interacts"]]

@@ -250,3 +250,12 @@ def test_an_unreachable_sample_size_is_not_quoted_to_the_pair():
     text = factors_sentence(factors, {"fitted": True}, 0.01)
     assert "bits (more than 1,000 pairs would be needed)" in text and "9068" not in text
     assert "width_mult (≈187 pairs would settle it)" in text
+
+
+def test_a_detectable_difference_inside_the_margin_is_still_orthogonal_and_said_so():
+    from autokd.report.verdict import factors_sentence
+
+    factors = [{"factor": "compress.bits", "verdict": "orthogonal", "detectable": True},
+               {"factor": "model.conv", "verdict": "orthogonal", "detectable": False}]
+    text = factors_sentence(factors, {"fitted": True}, 0.01)
+    assert "bits (a difference smaller than the margin is detectable), conv" in text
