@@ -108,7 +108,8 @@ class ModelSpec(_Strict):
     expand_ratio: SInt = 6
     conv: _searchable(Conv, numeric=False) = "depthwise"
     dropout: SFloat = 0.0
-    stages: str = Field("small", description="Stage table of the family: 'small' (8-16 px images) or 'cifar' (32 px).")
+    stages: Literal["small", "cifar"] = Field("small", description="Stage table of the family: 'small' (8-16 px "
+                                              "images) or 'cifar' (32 px).")
 
 
 class TeacherSpec(_Strict):
@@ -140,11 +141,11 @@ class TrainSpec(_Strict):
     """The one training loop's settings; the same for every trial (except what is searched)."""
 
     epochs: int = Field(10, ge=1, description="Training epochs of every trial.")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=2, description="Images per step (at least 2: BatchNorm needs two samples).")
     optimizer: _searchable(Literal["sgd", "adamw"], numeric=False) = "sgd"
     lr: SFloat = 0.05
     weight_decay: SFloat = 5e-4
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0; 0 trains plain SGD).")
     schedule: Literal["cosine", "onecycle"] = "cosine"
     label_smoothing: SFloat = 0.0
     augment: SBool = Field(False, description="Random shifts (and flips/crops on natural images) from a view pool.")
@@ -353,12 +354,33 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 
 
+RANGE_VALUES_CAP = 10_000  # an int range with more values is checked at its ends only
+
+
 def _candidates(value: Any) -> list[Any]:
+    """Every value a field can take: its choices, every value of an int range (its ends for a float range or a
+    huge int range), or the fixed value."""
     if isinstance(value, Choices):
         return list(value.choices)
     if isinstance(value, Range):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (value.low, value.high))
+        step = value.step if value.step and not value.log else 1
+        if ints and isinstance(step, int) and step > 0 and 0 <= (value.high - value.low) // step < RANGE_VALUES_CAP:
+            return list(range(value.low, value.high + 1, step))
         return [value.low, value.high]
     return [value]
+
+
+def _discrete_problems(path: str, value: Any, valid: Any, what: str, options: str) -> CheckResult:
+    """One line per bad choice, or one line for a range that can produce bad values (naming a few of them)."""
+    bad = [v for v in _candidates(value) if not valid(v)]
+    if not bad:
+        return []
+    if isinstance(value, Range):
+        shown = ", ".join(map(str, bad[:4])) + (", ..." if len(bad) > 4 else "")
+        return [(path, f"the range {value.low}..{value.high} can produce {shown} (valid: {options}); use "
+                       "{choices: [...]} of valid values")]
+    return [(path, f"{v} {what} (valid: {options})") for v in bad]
 
 
 def check_ranges(space: Space) -> CheckResult:
@@ -390,17 +412,16 @@ def check_bounds(space: Space) -> CheckResult:
     out: CheckResult = []
     values = dict(_walk(space))
     for path, (lo, hi, lo_in, hi_in) in BOUNDS.items():
-        for v in _candidates(values[path]):
+        value = values[path]  # an interval: a range is inside it when both of its ends are
+        for v in [value.low, value.high] if isinstance(value, Range) else _candidates(value):
             ok = (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
             if not ok:
                 interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
                 out.append((path, f"{v} is out of range (valid: {interval})"))
-    for v in _candidates(values["compress.bits"]):
-        if v not in QUANT_BITS:
-            out.append(("compress.bits", f"{v} is not a supported bit width (valid: 2-8, or 32 for none)"))
-    for v in _candidates(values["model.kernel_size"]):
-        if isinstance(v, int) and v % 2 == 0:
-            out.append(("model.kernel_size", f"{v} must be odd (valid: 1, 3, 5, 7, ...)"))
+    out += _discrete_problems("compress.bits", values["compress.bits"], lambda v: v in QUANT_BITS,
+                              "is not a supported bit width", "2-8, or 32 for none")
+    out += _discrete_problems("model.kernel_size", values["model.kernel_size"],
+                              lambda v: not isinstance(v, int) or v % 2 == 1, "must be odd", "1, 3, 5, 7, ...")
     return out
 
 

@@ -68,7 +68,9 @@ class Optim:
 def make_optimizer(model: nn.Module, opt: Optim) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if opt.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
+        # Nesterov needs momentum > 0 (torch refuses it otherwise): momentum 0 trains plain SGD.
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                               nesterov=opt.momentum > 0)
     if opt.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
     raise ValueError(f"unknown optimizer {opt.optimizer!r} (valid: sgd, adamw)")
