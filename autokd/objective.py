@@ -163,9 +163,13 @@ def save_trial_model(path: Path, model: nn.Module, *, number: int, params: dict,
     ``repeat`` says which repeat's weights these are (``metrics`` holds the mean and every repeat's metrics)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": TRIAL_FORMAT, "number": number, "params": params, "settings": settings,
-                "metrics": metrics, "repeat": repeat, "model": model.cpu()}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": TRIAL_FORMAT, "number": number, "params": params, "settings": settings,
+                    "metrics": metrics, "repeat": repeat, "model": model.cpu()}, tmp)
+        os.replace(tmp, path)
+    finally:  # a failed save (disk full, ...) leaves no partial file behind
+        if tmp.exists():
+            tmp.unlink()
 
 
 def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -36,7 +36,7 @@ from autokd.errors import AutokdError, Problem, StudyError, hint
 from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled, space_from_dict, space_hash, to_dict
-from autokd.teacher import get_teacher
+from autokd.teacher import get_teacher, resolve_cache_dir
 
 STUDIES_DIR = Path("studies")
 ATTR_SPACE = "autokd.space"
@@ -84,7 +84,8 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             raise StudyError(Problem(f"no study database at {db}", file="--storage"))
         if db.exists() and db.is_dir():
             raise StudyError(Problem(f"{db} is a directory, not a SQLite file", file="--storage"))
-        db.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            ensure_writable(db.parent, "--storage")
     try:
         with quiet_optuna():
             return optuna.storages.RDBStorage(
@@ -94,6 +95,20 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+
+
+def ensure_writable(folder: Path, where: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there; else one located line (``where``: the
+    option or field that chose it). Run before any training, so nothing computed is lost to a bad path."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".autokd-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StudyError(Problem(f"cannot write to {folder}: {reason}", file=where)) from None
 
 
 def derive_seed(seed: int, n_existing: int) -> int:
@@ -327,6 +342,10 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
     if study is not None and not prepare(study):
         return result
+    # Unwritable places are found before anything is trained (a teacher or a trial would be lost otherwise).
+    if kd_possible(space) and not space.distill.teacher.checkpoint:
+        ensure_writable(resolve_cache_dir(cache_dir), "--cache-dir")
+    ensure_writable(artifacts_dir(url, name) / "trials", "trial models")
     # Data and teacher problems surface before a new study is created, so a corrected space is not refused later.
     data = load_dataset(space.dataset).to(dev)
     pool = view_pool(space, data)  # before the teacher: with augmentation the teacher trains on it
