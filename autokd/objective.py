@@ -212,8 +212,10 @@ class Objective:
                  progress: ProgressCallback = silent):
         self.space, self.inputs = space, inputs
         self.device, self.artifacts, self.progress = device, artifacts, progress
+        self.current: int | None = None  # the number of the trial this worker is running (or ran last)
 
     def __call__(self, trial: Any) -> list[float]:
+        self.current = trial.number  # this worker's own trial: an interrupt re-queues this one, no other
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: stale-trial recovery
         try:
             return self._run(trial)

@@ -376,12 +376,16 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 result.stopped = "duplicates"
                 break
+            finished: list[optuna.trial.FrozenTrial] = []
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                               callbacks=[lambda _study, trial: finished.append(trial)])
             except KeyboardInterrupt:
-                _requeue_interrupted(study)
+                _requeue_interrupted(study, objective.current)
                 raise
-            last = study.trials[-1]
+            if not finished:  # nothing ran (no trial was started)
+                continue
+            last = finished[-1]  # this worker's own trial, never another worker's latest
             if last.state == TrialState.PRUNED and "duplicate_of" in last.user_attrs:
                 duplicates_in_a_row += 1  # skipped, not trained: does not count as a run
                 continue
@@ -403,16 +407,17 @@ def _work_left(study: optuna.Study, target: int, twins: bool) -> bool:
     return states.get("COMPLETE", 0) < target or (twins and states.get("WAITING", 0) > 0)
 
 
-def _requeue_interrupted(study: optuna.Study) -> None:
-    """After Ctrl-C, put the interrupted trial's parameters back in the queue so a rerun starts with them.
+def _requeue_interrupted(study: optuna.Study, number: int | None) -> None:
+    """After Ctrl-C or SIGTERM, put this worker's interrupted trial ``number`` back in the queue so a rerun starts
+    with it (another worker's trials are never touched).
 
     Optuna has already marked the interrupted trial FAIL (finished trials cannot be changed), so the reason goes on
     the re-queued trial.
     """
     trials = study.get_trials(deepcopy=False)
-    if not trials:
+    if number is None or number >= len(trials):
         return
-    t = trials[-1]
+    t = trials[number]
     if t.state == TrialState.RUNNING:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:

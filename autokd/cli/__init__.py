@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -35,7 +38,19 @@ from autokd.cli import report, search, studies, validate  # noqa: E402  (command
 
 __all__ = ["app", "main"]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (the worker's own trial is re-queued) but exiting 143."""
+
+
+_terminated = threading.Event()  # typer turns every KeyboardInterrupt into exit code 130: remember which it was
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _terminated.set()
+    raise Terminated()
 
 
 def _err(console: Console, line: str) -> None:
@@ -47,18 +62,31 @@ def main(argv: list[str] | None = None) -> int:
 
     - ``AutokdError`` (bad space, flags, storage, data): one red line per problem on stderr, exit 2;
     - usage errors from typer/click: one line, exit 2;
-    - Ctrl-C: the command that resumes, exit 130;
+    - Ctrl-C: the command that resumes, exit 130; SIGTERM the same, exit 143 (this worker's trial is re-queued);
     - anything else: one line, exit 1 (``AUTOKD_DEBUG=1`` shows the traceback).
     """
     args = sys.argv[1:] if argv is None else list(argv)
     console = Console(stderr=True)
     debug = os.environ.get("AUTOKD_DEBUG", "") not in ("", "0")
+    previous = None
+    _terminated.clear()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, console, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str], console: Console, debug: bool) -> int:
     try:
         command = typer.main.get_command(app)
         rv = command.main(args=args, prog_name="autokd", standalone_mode=False)
         code = int(rv or 0) if isinstance(rv, int) else 0
-        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM) into Exit(130)
             _interrupted(console, args)
+            return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
         return code
     except AutokdError as exc:
         if debug:
@@ -70,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(console, args)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
     except _CLI_ERRORS as exc:  # usage errors (unknown option, bad value, missing argument): one line
         ctx = getattr(exc, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "autokd"
