@@ -111,19 +111,26 @@ def ensure_writable(folder: Path, where: str) -> None:
         raise StudyError(Problem(f"cannot write to {folder}: {reason}", file=where)) from None
 
 
-def derive_seed(seed: int, n_existing: int) -> int:
-    """A sampler seed for a study that already holds ``n_existing`` trials (same seed, same history -> same seed)."""
-    digest = hashlib.sha256(f"autokd:{seed}:{n_existing}".encode()).digest()
+def derive_seed(seed: int, n_existing: int, worker_index: int = 0) -> int:
+    """A sampler seed for a study that already holds ``n_existing`` trials (same seed, same history -> same seed).
+
+    ``worker_index`` (``--worker-index``) is mixed in so that workers started together do not propose the same
+    trials in lockstep; worker 0 keeps the single-worker seed."""
+    tag = f"autokd:{seed}:{n_existing}" + (f":w{worker_index}" if worker_index else "")
+    digest = hashlib.sha256(tag.encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
-def make_sampler(space: Space, *, n_existing: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed."""
+def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed.
+
+    TPE runs with ``constant_liar``: trials other workers are running count as bad results, so they are not
+    proposed again while they run (a single worker is unaffected)."""
     s = space.search
-    seed = derive_seed(s.seed, n_existing)
+    seed = derive_seed(s.seed, n_existing, worker_index)
     with quiet_optuna():
         if s.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, constant_liar=True)
         if s.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
         if s.sampler == "random":
@@ -319,8 +326,11 @@ class SearchResult:
 
 def run_search(space: Space, *, storage: str | None = None, study_name: str | None = None,
                timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-               allow_space_change: bool = False, progress: ProgressCallback = silent) -> SearchResult:
-    """Run (or resume) the study of ``space`` until it holds ``search.n_trials`` COMPLETE trials."""
+               allow_space_change: bool = False, worker_index: int = 0,
+               progress: ProgressCallback = silent) -> SearchResult:
+    """Run (or resume) the study of ``space`` until it holds ``search.n_trials`` COMPLETE trials.
+
+    ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds)."""
     dev = resolve_device(device)
     name = study_name or space.name
     url = storage or default_storage(name)
@@ -358,7 +368,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         prepare(study)
     study.set_user_attr("autokd.dataset_sizes", data.sizes)
 
-    study.sampler = make_sampler(space, n_existing=len(study.trials))
+    study.sampler = make_sampler(space, n_existing=len(study.trials), worker_index=worker_index)
     inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
     if teacher is not None:
         study.set_user_attr(ATTR_TEACHER, teacher.summary())

@@ -227,6 +227,9 @@ def test_derive_seed():
     seeds = {derive_seed(0, n) for n in range(50)}
     assert len(seeds) == 50
     assert derive_seed(0, 3) != derive_seed(1, 3)
+    # Workers started together get different seeds; worker 0 keeps the single-worker seed.
+    assert derive_seed(0, 3, 0) == derive_seed(0, 3)
+    assert len({derive_seed(0, 3, w) for w in range(8)}) == 8
     assert all(0 <= s < 2**32 for s in seeds)
 
 
@@ -253,7 +256,7 @@ def test_the_resume_check_would_catch_a_fixed_seed(url, monkeypatch):
     """Without a seed derived from the history, a fresh sampler repeats trial 0's proposal."""
     import autokd.study
 
-    monkeypatch.setattr(autokd.study, "derive_seed", lambda seed, n_existing: seed)
+    monkeypatch.setattr(autokd.study, "derive_seed", lambda seed, n_existing, worker_index=0: seed)
     trials = _run_twice(url)
     assert trials[0].params["train.lr"] == trials[1].params["train.lr"]
 

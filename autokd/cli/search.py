@@ -115,6 +115,9 @@ def search(
     allow_space_change: bool = typer.Option(False, "--allow-space-change",
                                             help="Continue a study whose space differs from SPACE."),
     margin: MarginOpt = 1.0,
+    worker_index: int = typer.Option(0, "--worker-index", min=0, metavar="I",
+                                     help="This worker's index when several run on one study (each a different "
+                                          "number), so their samplers do not propose the same trials."),
 ) -> int:
     """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
     Pareto report."""
@@ -125,7 +128,8 @@ def search(
     console = Console()
     with RichProgress(console) as ui:
         result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
-                            cache_dir=cache_dir, allow_space_change=allow_space_change, progress=ui)
+                            cache_dir=cache_dir, allow_space_change=allow_space_change, worker_index=worker_index,
+                            progress=ui)
     st = result.study
     info = build_report(st, sp, margin=margin)
     if result.complete:
@@ -153,7 +157,9 @@ def search(
         resume = ["autokd", "search", *which, "--timeout", f"{timeout:g}",
                   *(["--device", device] if device != "auto" else []),
                   *(["--cache-dir", str(cache_dir)] if cache_dir else []),
-                  *(["--allow-space-change"] if allow_space_change else [])]
+                  *(["--allow-space-change"] if allow_space_change else []),
+                  *(["--worker-index", str(worker_index)] if worker_index else []),
+                  *(["--margin", f"{margin:g}"] if margin != 1.0 else [])]
         console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun to "
                       f"continue: {shlex.join(resume)}")
         return 0
