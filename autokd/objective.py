@@ -184,16 +184,20 @@ def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def duplicate_of(trial: Any, params: dict[str, Any]) -> int | None:
-    """The number of a COMPLETE or RUNNING trial (not ``trial``) with exactly ``params``, else None.
+    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params``; else None.
 
     Trials share ``train.seed``, so a repeated proposal would only retrain an identical model: the sampler (TPE
-    converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. ``FixedTrial`` (no study) has none.
+    converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. Two workers that pop the same
+    queued twin at once both see the other RUNNING: only the later number yields, so exactly one of them runs.
+    ``FixedTrial`` (no study) has none.
     """
     study = getattr(trial, "study", None)
     if study is None:
         return None
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if other.number != trial.number and other.params == params:
+        if other.number == trial.number or other.params != params:
+            continue
+        if other.state == TrialState.COMPLETE or other.number < trial.number:
             return other.number
     return None
 

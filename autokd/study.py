@@ -42,6 +42,7 @@ STUDIES_DIR = Path("studies")
 ATTR_SPACE = "autokd.space"
 ATTR_HASH = "autokd.space_hash"
 ATTR_VERSION = "autokd.version"
+CREATE_WAIT_SECONDS = 10.0  # how long a loader waits for a just-created study's autokd attributes
 MAX_DUPLICATES_IN_A_ROW = 50  # proposals that repeat a trial before the space is taken as exhausted
 ATTR_TEACHER = "autokd.teacher"  # the teacher's accuracies (clean train/val/test and over the view pool)
 
@@ -163,6 +164,11 @@ def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_cha
     study = optuna.load_study(study_name=name, storage=store)
     new_hash = space_hash(space)
     old_hash = study.user_attrs.get(ATTR_HASH)
+    # Another worker may have created the study an instant ago and not yet written its attributes: wait for them.
+    deadline = time.monotonic() + CREATE_WAIT_SECONDS
+    while old_hash is None and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
+        old_hash = study.user_attrs.get(ATTR_HASH)
     if old_hash is None:
         raise StudyError(Problem(f"study {name!r} in {url} was not made by autokd; choose another name with --study",
                                  file="--study"))
@@ -192,8 +198,11 @@ def create_or_load_study(space: Space, *, storage: str | None = None, study_name
     with quiet_optuna():
         if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
             return _checked_load(space, store, url, name, allow_space_change, update=True)
-        study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
-                                    sampler=make_sampler(space))
+        try:
+            study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
+                                        sampler=make_sampler(space))
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it first: use theirs
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
         study.set_metric_names(metric_names(space))
         study.set_user_attr(ATTR_SPACE, to_dict(space))
         study.set_user_attr(ATTR_HASH, space_hash(space))

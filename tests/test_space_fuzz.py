@@ -149,6 +149,41 @@ def plausible(path: tuple) -> st.SearchStrategy:
     return st.one_of(options)
 
 
+def near_valid(path: tuple) -> st.SearchStrategy:
+    """Values that are often valid for the field at ``path`` (so that accepted spaces are fuzzed too)."""
+    name = dotted(path)
+    if LITERALS.get(path):
+        return st.sampled_from(LITERALS[path])
+    if name == "compress.bits":
+        return st.sampled_from(QUANT_BITS)
+    if name == "model.kernel_size":
+        return st.sampled_from([1, 3, 5, 7, 9, 11])
+    if name in BOUNDS:
+        lo, hi, lo_in, hi_in = BOUNDS[name]
+        lo, hi = (lo if math.isfinite(lo) else -1e6), (hi if math.isfinite(hi) else 1e6)
+        if isinstance(lo, int) and isinstance(hi, int):
+            return st.integers(lo, hi)
+        return st.floats(lo, hi, exclude_min=not lo_in, exclude_max=not hi_in)
+    field = _field(path)
+    args = [a for a in (typing.get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
+    options: list[st.SearchStrategy] = [st.just(field.default)] if isinstance(field.default, (int, float, str)) else []
+    if type(None) in typing.get_args(field.annotation):
+        options.append(st.none())
+    lo = max([m.ge for m in field.metadata if hasattr(m, "ge")] + [m.gt for m in field.metadata if hasattr(m, "gt")]
+             + [-1000])
+    hi = min([m.le for m in field.metadata if hasattr(m, "le")] + [m.lt for m in field.metadata if hasattr(m, "lt")]
+             + [1000])
+    if bool in args:
+        options.append(st.booleans())
+    elif int in args:
+        options.append(st.integers(math.ceil(lo), math.floor(hi)))
+    elif float in args:
+        options.append(st.floats(lo, hi, exclude_min=True, exclude_max=True))
+    elif str in args:
+        options.append(st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True))
+    return st.one_of(options)
+
+
 def values_for(path: tuple) -> st.SearchStrategy:
     return st.one_of(plausible(path), plausible(path), garbage)
 
@@ -162,7 +197,7 @@ RAW_SNIPPETS = ["!!float abc", "!!int abc", "!!int 0x", "!!bool maybe", "!!times
                 "{[1, 2]: 3}", "{{a: 1}: 2}", "{<<: [1]}", "{<<: 1}", "{a: 1, <<: {b: 2}}", "*undefined",
                 "0x1F", "0o17", "0b11", "1_000", "+.inf", ".NaN", "1e999", "-1e999", "1e-999", "2001-12-14t21:59:43.1-05:00",
                 "2001-01-01", "~", "=", "<<", "[1, 2", "{a: 1", "\"unterminated", "'it''s'", "@x", "`x", "%x",
-                "a: b: c", "\"\\xZZ\"", "\"\\uD800\"", "[a, b]: c"]
+                "a: b: c", "a\x00b", "\x07", "\x1b[31mred", "\"\\xZZ\"", "\"\\uD800\"", "[a, b]: c"]
 raw_snippets = st.one_of(
     st.sampled_from(RAW_SNIPPETS),
     st.integers(4301, 5000).map(lambda n: "9" * n),  # past Python's int-from-string limit (4300 digits)
@@ -220,13 +255,27 @@ def op_value(draw, data, raws):
     return None
 
 
+def op_near_valid(draw, data, raws):
+    path = draw(st.sampled_from(LEAVES))
+    form = draw(st.sampled_from(["fixed", "choices", "range"])) if path in SEARCHABLE else "fixed"
+    if form == "choices":
+        value = {"choices": draw(st.lists(near_valid(path), min_size=1, max_size=4, unique_by=repr))}
+    elif form == "range" and path in NUMERIC:
+        low, high = sorted([draw(near_valid(path)), draw(near_valid(path))])
+        value = {"low": low, "high": high}
+    else:
+        value = draw(near_valid(path))
+    _put(data, path, value)
+    return None
+
+
 def op_range(draw, data, raws):
     path = draw(st.one_of(st.sampled_from(NUMERIC), st.sampled_from(NUMERIC), st.sampled_from(SEARCHABLE),
                           st.sampled_from(LEAVES)))
     bound = st.one_of(plausible(path), numbers)
     dim: dict[Any, Any] = {"low": draw(bound), "high": draw(bound)}
     if draw(st.integers(0, 3)) == 0:
-        dim["step"] = draw(st.one_of(bound, garbage))
+        dim["step"] = draw(st.one_of(bound, garbage, st.sampled_from([5e-324, 1e-300, 1e-9, NAN, INF, 0, -1, 1e300])))
     if draw(st.integers(0, 3)) == 0:
         dim["log"] = draw(st.one_of(st.booleans(), garbage))
     if draw(st.integers(0, 9)) == 0:
@@ -342,7 +391,7 @@ def op_block(draw, data, raws):
     return None if isinstance(value, dict) else f"{dotted(path)}: a block that is not a mapping"
 
 
-OPS = [op_value, op_value, op_value, op_range, op_range, op_choices, op_choices, op_unknown_key, op_delete,
+OPS = [op_near_valid, op_near_valid, op_near_valid, op_value, op_value, op_value, op_range, op_range, op_choices, op_choices, op_unknown_key, op_delete,
        op_typo, op_raw, op_block]
 
 # Whole documents that are not a space mapping (data, or raw text).
@@ -382,13 +431,14 @@ def set_texts(draw) -> str:
                           st.sampled_from([dotted(leaf + (k,)) for k in DIM_KEYS]),
                           st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}(\.[A-Za-z_][A-Za-z0-9_]{0,6}){0,3}", fullmatch=True),
                           texts))
-    value = draw(st.one_of(values_for(leaf).map(_flow), raw_snippets, texts))
+    value = draw(st.one_of(near_valid(leaf).map(_flow), near_valid(leaf).map(_flow), values_for(leaf).map(_flow),
+                           raw_snippets, texts))
     return f"{path}={value}"
 
 
 @st.composite
 def fuzz_cases(draw) -> Case:
-    sets = draw(st.lists(set_texts(), max_size=3))
+    sets = [draw(set_texts()) for _ in range(draw(st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3])))]
     if draw(st.integers(0, 24)) == 0:  # a document that is not a mapping
         if draw(st.booleans()):
             return Case(draw(st.sampled_from(NON_MAPPING_TEXTS)), sets, None)
@@ -396,7 +446,7 @@ def fuzz_cases(draw) -> Case:
         return Case(_dump(doc, draw), sets, None if sets else "the document is not a mapping")
     data = copy.deepcopy(BASES[draw(st.sampled_from(sorted(BASES)))])
     raws: list[str] = []
-    ops = draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=4))
+    ops = [draw(st.sampled_from(OPS)) for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3, 4])))]
     reasons = [op(draw, data, raws) for op in ops]
     text = _dump(data, draw)
     for i, snippet in enumerate(raws):

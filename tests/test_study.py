@@ -120,7 +120,12 @@ def test_changed_objectives_are_refused_even_with_allow_space_change(url, tiny_s
                              storage=url, allow_space_change=True)
 
 
-def test_foreign_study_of_the_same_name_is_refused(url, tiny_space):
+def test_foreign_study_of_the_same_name_is_refused(url, tiny_space, monkeypatch):
+    import autokd.study
+
+    # An empty foreign study looks like one being created by another worker: autokd waits for its attributes
+    # (CREATE_WAIT_SECONDS) before refusing; keep that wait short here.
+    monkeypatch.setattr(autokd.study, "CREATE_WAIT_SECONDS", 0.3)
     optuna.create_study(study_name="tiny", storage=url, directions=["maximize", "minimize"])
     with pytest.raises(StudyError, match="not made by autokd"):
         create_or_load_study(space_from_dict(tiny_space), storage=url)
