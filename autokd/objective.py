@@ -25,6 +25,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from autokd import worker
 from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.measure import accuracy, cost_metrics
@@ -220,7 +221,8 @@ class Objective:
 
     def __call__(self, trial: Any) -> list[float]:
         self.current = trial.number  # this worker's own trial: an interrupt re-queues this one, no other
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: stale-trial recovery
+        trial.set_user_attr("worker_id", worker.identity())  # first: stale-trial recovery (see autokd.worker)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # for people
         try:
             return self._run(trial)
         except optuna.TrialPruned:

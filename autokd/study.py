@@ -30,7 +30,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from autokd import __version__
+from autokd import __version__, worker
 from autokd.data import load_dataset
 from autokd.errors import AutokdError, Problem, StudyError, hint
 from autokd.objective import OBJECTIVE_METRICS, Objective, prepare_inputs, view_pool
@@ -240,10 +240,13 @@ def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = si
     host = socket.gethostname()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        whost, _, pid = worker.rpartition(":")
-        if whost != host or not pid.isdigit() or _pid_alive(int(pid)) and int(pid) != os.getpid():
-            continue
+        if "worker_id" in t.user_attrs:  # host, boot, PID namespace, pid and start time (autokd.worker)
+            if worker.is_dead(t.user_attrs["worker_id"]) is not True:
+                continue  # alive, or not ours to judge (the heartbeat will)
+        else:  # trials of an older autokd: "host:pid" only
+            whost, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+            if whost != host or not pid.isdigit() or _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue
         with quiet_optuna():
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died (stale trial)")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

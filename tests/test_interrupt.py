@@ -65,3 +65,20 @@ def test_sigterm_is_handled_like_ctrl_c_with_exit_143(tmp_path):
     assert trials[0].state == TrialState.FAIL
     (retry,) = [t for t in trials if t.state == TrialState.WAITING]
     assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == trials[0].params
+
+
+def test_a_sigterm_whose_exception_python_dropped_is_raised_at_the_next_progress_event():
+    import pytest
+    from rich.console import Console
+
+    from autokd.cli import Terminated, terminated
+    from autokd.cli.search import RichProgress
+
+    ui = RichProgress(Console(file=open(os.devnull, "w")))
+    ui("trial.fail", number=0, reason="x")  # no signal: nothing happens
+    terminated.set()
+    try:
+        with pytest.raises(Terminated):
+            ui("trial.epoch", epoch=1, epochs=2, loss=0.1)
+    finally:
+        terminated.clear()

@@ -438,13 +438,14 @@ def set_texts(draw) -> str:
 
 @st.composite
 def fuzz_cases(draw) -> Case:
-    sets = [draw(set_texts()) for _ in range(draw(st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3])))]
+    n_sets = max(0, draw(st.integers(-5, 3)))  # no override in about half of the cases
+    sets = [draw(set_texts()) for _ in range(n_sets)]
     if draw(st.integers(0, 24)) == 0:  # a document that is not a mapping
         if draw(st.booleans()):
             return Case(draw(st.sampled_from(NON_MAPPING_TEXTS)), sets, None)
         doc = draw(st.one_of(st.lists(garbage, max_size=4), scalars))
         return Case(_dump(doc, draw), sets, None if sets else "the document is not a mapping")
-    data = copy.deepcopy(BASES[draw(st.sampled_from(sorted(BASES)))])
+    data = copy.deepcopy(BASES[draw(st.sampled_from(["tiny", "mobilenet"]))])
     raws: list[str] = []
     ops = [draw(st.sampled_from(OPS)) for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3, 4])))]
     reasons = [op(draw, data, raws) for op in ops]

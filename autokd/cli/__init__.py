@@ -34,23 +34,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from autokd.cli import report, search, studies, validate  # noqa: E402  (commands register on `app`)
-
-__all__ = ["app", "main"]
-
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the worker's own trial is re-queued) but exiting 143."""
 
 
-_terminated = threading.Event()  # typer turns every KeyboardInterrupt into exit code 130: remember which it was
+terminated = threading.Event()  # typer turns every KeyboardInterrupt into exit code 130: remember which it was
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    _terminated.set()
+    terminated.set()
     raise Terminated()
+
+
+from autokd.cli import report, search, studies, validate  # noqa: E402  (commands register on `app`)
+
+__all__ = ["app", "main"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _err(console: Console, line: str) -> None:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     debug = os.environ.get("AUTOKD_DEBUG", "") not in ("", "0")
     previous = None
-    _terminated.clear()
+    terminated.clear()
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -86,7 +87,7 @@ def _run(args: list[str], console: Console, debug: bool) -> int:
         code = int(rv or 0) if isinstance(rv, int) else 0
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and SIGTERM) into Exit(130)
             _interrupted(console, args)
-            return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
+            return EXIT_TERMINATED if terminated.is_set() else EXIT_INTERRUPTED
         return code
     except AutokdError as exc:
         if debug:
@@ -98,7 +99,7 @@ def _run(args: list[str], console: Console, debug: bool) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(console, args)
-        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated.is_set() else EXIT_INTERRUPTED
     except _CLI_ERRORS as exc:  # usage errors (unknown option, bad value, missing argument): one line
         ctx = getattr(exc, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "autokd"

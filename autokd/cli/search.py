@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autokd.cli import app
+from autokd.cli import Terminated, app, terminated
 from autokd.cli.common import CacheDirOpt, MarginOpt, SetOpt, SpaceArg, StorageOpt, StudyOpt
 from autokd.space import load_space
 
@@ -38,6 +38,10 @@ class RichProgress:
         self.inner = self.bars.add_task(description, total=total)
 
     def __call__(self, event: str, **d: Any) -> None:
+        if terminated.is_set():
+            # SIGTERM's handler raised already, but Python drops an exception raised while it runs a finalizer or a
+            # weakref callback: the next progress event (every epoch) raises it again at a safe point.
+            raise Terminated()
         log = self.bars.console.print
         if event == "study.resume":
             if d["trials"]:
