@@ -27,7 +27,15 @@ class Problem:
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         field = f"{self.path}: " if self.path else ""
-        return f"{where}{field}{self.message}"
+        return _one_line(f"{where}{field}{self.message}")
+
+
+def _one_line(text: str) -> str:
+    """One problem is one line: newlines and other control characters (from keys, values or ``--set`` text) are
+    shown escaped, as Python would write them."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def hint(word: Any, options: Sequence[Any]) -> str:

@@ -175,7 +175,8 @@ class CompressSpec(_Strict):
                                  "[default: bits, but at least 4: min/max-ranged 2-3 bit activations collapse].")
     keep_first_last: bool = Field(True, description="Keep the first conv and the classifier at 8 bits.")
     finetune_epochs: int = Field(2, ge=0, description="Epochs after pruning/quantization (run by every trial).")
-    finetune_lr: float | None = Field(None, gt=0, description="Fine-tune learning rate [default: train.lr / 2].")
+    finetune_lr: float | None = Field(None, gt=0, le=10,
+                                      description="Fine-tune learning rate [default: train.lr / 2].")
 
 
 Objective = Literal["flops", "bitops", "size", "params"]
@@ -344,10 +345,10 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "model.kernel_size": (1, 11, True, True),
     "model.expand_ratio": (1, 12, True, True),
     "model.dropout": (0.0, 1.0, True, False),
-    "distill.temperature": (0.0, math.inf, False, False),
+    "distill.temperature": (0.1, 100.0, True, True),  # beyond these the soft targets under/overflow
     "distill.alpha": (0.0, 1.0, True, True),
-    "train.lr": (0.0, math.inf, False, False),
-    "train.weight_decay": (0.0, math.inf, True, False),
+    "train.lr": (0.0, 10.0, False, True),
+    "train.weight_decay": (0.0, 1.0, True, True),
     "train.label_smoothing": (0.0, 1.0, True, False),
     "compress.prune_ratio": (0.0, 1.0, True, False),
 }
@@ -393,6 +394,11 @@ def check_ranges(space: Space) -> CheckResult:
             elif len(set(map(repr, value.choices))) != len(value.choices):
                 out.append((f"{path}.choices", "choices must be distinct"))
         elif isinstance(value, Range):
+            bad = [k for k in ("low", "high", "step") if getattr(value, k) is not None
+                   and not math.isfinite(getattr(value, k))]
+            if bad:
+                out.append((f"{path}.{bad[0]}", f"{bad[0]} must be a finite number"))
+                continue
             if not value.low < value.high:
                 out.append((f"{path}.low", f"low must be < high (got low={value.low}, high={value.high})"))
             if value.log and value.low <= 0:
@@ -404,6 +410,9 @@ def check_ranges(space: Space) -> CheckResult:
                     out.append((f"{path}.step", "step and log cannot be used together"))
                 elif value.low < value.high and value.step > value.high - value.low:
                     out.append((f"{path}.step", "step is larger than high - low"))
+                elif value.low < value.high and (value.high - value.low) / value.step > 1e6:
+                    out.append((f"{path}.step", "step is so small that the range has over a million values; "
+                                                "leave it out for a continuous range"))
     return out
 
 
@@ -555,8 +564,101 @@ def _duplicate_keys(node: yaml.Node, path: tuple = ()) -> Iterator[tuple[tuple, 
 
 
 def parse_yaml_value(text: str) -> Any:
-    """Parse one ``--set`` value with the same YAML rules as the space file."""
+    """Parse one ``--set`` value with the same YAML rules (and the same limits) as the space file."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_YAML_DEPTH} levels deep") from None
+    if node is not None:
+        size, cycle = _node_stats(node)
+        if cycle is not None:
+            raise ValueError("an alias refers to the node that contains it")
+        if size > MAX_YAML_NODES or _depth(node) > MAX_YAML_DEPTH:
+            raise ValueError(f"too large or too deeply nested (at most {MAX_YAML_NODES:,} values, "
+                             f"{MAX_YAML_DEPTH} levels)")
     return yaml.load(text, Loader=_Loader)
+
+
+MAX_YAML_NODES = 100_000  # after alias expansion: a space is a few hundred; more is an alias bomb
+MAX_YAML_DEPTH = 100  # nesting; PyYAML recurses per level and fails near 450
+
+
+def _line_of_depth(text: str, limit: int) -> int:
+    """The line where bracket or indentation nesting first passes ``limit`` (1 if never)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        for ch in line:
+            depth += ch in "[{"
+            depth -= ch in "]}"
+            if depth > limit:
+                return number
+    return 1
+
+
+def _node_stats(node: yaml.Node) -> tuple[int, int | None]:
+    """(size after alias expansion, line of a node that contains itself or None); shared nodes are counted once
+    per use but walked once (memoised), so an alias bomb is measured without being expanded."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    cycle: list[int] = []
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            cycle.append(n.start_mark.line + 1)
+            return 0
+        on_path.add(key)
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        on_path.discard(key)
+        sizes[key] = min(total, 10 * MAX_YAML_NODES)
+        return sizes[key]
+
+    total = size(node)
+    return total, (cycle[0] if cycle else None)
+
+
+def _bad_scalar_line(loader: yaml.SafeLoader, node: yaml.Node) -> int | None:
+    """The line of the first node whose value cannot be constructed (a bad ``!!tag``, a huge integer, ...)."""
+    stack = [node]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            stack.extend(v for pair in reversed(n.value) for v in reversed(pair))
+            try:
+                loader.construct_mapping(n, deep=False) if n.tag == "tag:yaml.org,2002:map" else None
+            except Exception:
+                return n.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(reversed(n.value))
+        try:
+            if not isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+                loader.construct_object(n, deep=True)
+        except Exception:
+            return n.start_mark.line + 1
+    return None
+
+
+def _yaml_problem(exc: Exception, name: str, text: str) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        line = mark.line + 1
+    elif isinstance(getattr(exc, "position", None), int):  # ReaderError: a control character
+        line = text[:exc.position].count("\n") + 1
+    else:
+        line = 1
+    what = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return Problem(f"YAML syntax error: {what}", file=name, line=line)
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
@@ -566,23 +668,80 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     if path.is_dir():
         raise SpaceError(Problem("is a directory, expected a YAML file", file=name))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpaceError(Problem(f"cannot read: {exc}", file=name)) from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpaceError(Problem(f"cannot read: {exc.strerror or exc}", file=name)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpaceError(Problem(f"not UTF-8 text (byte {raw[exc.start]:#04x})", file=name, line=line)) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpaceError(Problem(f"YAML syntax error: {what}", file=name,
-                                 line=mark.line + 1 if mark else None)) from exc
+        raise SpaceError(_yaml_problem(exc, name, text)) from None
+    except RecursionError:
+        raise SpaceError(Problem(f"nested more than {MAX_YAML_DEPTH} levels deep", file=name,
+                                 line=_line_of_depth(text, MAX_YAML_DEPTH))) from None
     if node is None:
         raise SpaceError(Problem("the file is empty; a space starts with 'version: 1'", file=name))
+    size, cycle = _node_stats(node)
+    if cycle is not None:
+        raise SpaceError(Problem("an alias refers to the node that contains it", file=name, line=cycle))
+    if size > MAX_YAML_NODES:
+        raise SpaceError(Problem(f"the document expands to more than {MAX_YAML_NODES:,} values (aliases)",
+                                 file=name, line=node.start_mark.line + 1))
+    complex_key = _complex_key_line(node)
+    if complex_key is not None:
+        raise SpaceError(Problem("a key must be a plain name, not a list or mapping", file=name, line=complex_key))
+    if _depth(node) > MAX_YAML_DEPTH:
+        raise SpaceError(Problem(f"nested more than {MAX_YAML_DEPTH} levels deep", file=name,
+                                 line=_line_of_depth(text, MAX_YAML_DEPTH)))
     dups = list(_duplicate_keys(node))
     if dups:
         raise SpaceError([Problem("key given twice", ".".join(map(str, p)), name, line) for p, line in dups])
-    data = yaml.load(text, Loader=_Loader)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except Exception as exc:  # constructors raise ValueError, KeyError, TypeError, ... for bad tags and keys
+        line = _bad_scalar_line(_Loader(text), node) or (getattr(getattr(exc, "problem_mark", None), "line", 0) + 1)
+        what = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+        raise SpaceError(Problem(f"cannot read this value: {str(what).splitlines()[0][:200]}", file=name,
+                                 line=line)) from None
     return data, _line_map(node)
+
+
+def _complex_key_line(node: yaml.Node) -> int | None:
+    """The line of the first mapping key that is itself a list or a mapping (None if there is none)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                if not isinstance(k, yaml.ScalarNode):
+                    return k.start_mark.line + 1
+                stack.append(v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return None
+
+
+def _depth(node: yaml.Node, limit: int = MAX_YAML_DEPTH + 1) -> int:
+    """Nesting depth of a composed document (stops counting past ``limit``)."""
+    best, stack, seen = 0, [(node, 1)], set()
+    while stack:
+        n, d = stack.pop()
+        best = max(best, d)
+        if best >= limit or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            stack.extend((c, d + 1) for pair in n.value for c in pair)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend((c, d + 1) for c in n.value)
+    return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,8 +770,9 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any, str]]:
             continue
         try:
             value = parse_yaml_value(raw)
-        except yaml.YAMLError as exc:
-            problems.append(Problem(f"value is not valid YAML: {str(exc).splitlines()[0]}", path, "--set"))
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            problems.append(Problem(f"value is not valid YAML: {first}", path, "--set"))
             continue
         out.append((path, value, text))
     if problems:

@@ -67,7 +67,7 @@ def test_sigterm_is_handled_like_ctrl_c_with_exit_143(tmp_path):
     assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == trials[0].params
 
 
-def test_a_sigterm_whose_exception_python_dropped_is_raised_at_the_next_progress_event():
+def test_sigterm_is_raised_at_the_next_progress_event():
     import pytest
     from rich.console import Console
 

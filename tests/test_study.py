@@ -349,8 +349,11 @@ def _running_with_worker(db: Path, number: int) -> bool:
         return False
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            # RUNNING, with its worker recorded and its parameters sampled (a kill before sampling leaves a trial
+            # with nothing to retry, which is not what these tests are about).
             row = con.execute(
                 "SELECT 1 FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "JOIN trial_params p ON p.trial_id = t.trial_id "
                 "WHERE t.number = ? AND t.state = 'RUNNING' AND a.key = 'worker'", (number,)).fetchone()
     except sqlite3.Error:
         return False

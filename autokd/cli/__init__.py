@@ -43,8 +43,10 @@ terminated = threading.Event()  # typer turns every KeyboardInterrupt into exit 
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    # Only a flag: an exception raised from a signal handler is dropped (with a printed traceback) when the signal
+    # lands in a finalizer or weakref callback. The search raises Terminated at its next progress event (each
+    # epoch, each stage), where it is safe; other commands are short and finish.
     terminated.set()
-    raise Terminated()
 
 
 from autokd.cli import report, search, studies, validate  # noqa: E402  (commands register on `app`)

@@ -38,9 +38,7 @@ class RichProgress:
         self.inner = self.bars.add_task(description, total=total)
 
     def __call__(self, event: str, **d: Any) -> None:
-        if terminated.is_set():
-            # SIGTERM's handler raised already, but Python drops an exception raised while it runs a finalizer or a
-            # weakref callback: the next progress event (every epoch) raises it again at a safe point.
+        if terminated.is_set():  # SIGTERM arrived (see autokd.cli._on_sigterm): stop here, at a safe point
             raise Terminated()
         log = self.bars.console.print
         if event == "study.resume":
