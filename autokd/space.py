@@ -624,25 +624,29 @@ def _node_stats(node: yaml.Node) -> tuple[int, int | None]:
     return total, (cycle[0] if cycle else None)
 
 
-def _bad_scalar_line(loader: yaml.SafeLoader, node: yaml.Node) -> int | None:
-    """The line of the first node whose value cannot be constructed (a bad ``!!tag``, a huge integer, ...)."""
-    stack = [node]
-    seen: set[int] = set()
+def _nodes(node: yaml.Node) -> Iterator[yaml.Node]:
+    """Every node of a composed document once, in document order (shared alias nodes once; cycles are safe)."""
+    stack, seen = [node], set()
     while stack:
         n = stack.pop()
         if id(n) in seen:
             continue
         seen.add(id(n))
+        yield n
         if isinstance(n, yaml.MappingNode):
-            stack.extend(v for pair in reversed(n.value) for v in reversed(pair))
-            try:
-                loader.construct_mapping(n, deep=False) if n.tag == "tag:yaml.org,2002:map" else None
-            except Exception:
-                return n.start_mark.line + 1
+            stack.extend(c for pair in reversed(n.value) for c in reversed(pair))
         elif isinstance(n, yaml.SequenceNode):
             stack.extend(reversed(n.value))
+
+
+def _bad_scalar_line(loader: yaml.SafeLoader, node: yaml.Node) -> int | None:
+    """The line of the first node whose value cannot be constructed (a bad ``!!tag``, a huge integer, ...)."""
+    for n in _nodes(node):
         try:
-            if not isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+            if isinstance(n, yaml.MappingNode):
+                if n.tag == "tag:yaml.org,2002:map":
+                    loader.construct_mapping(n, deep=False)  # merge keys (<<) fail here
+            elif not isinstance(n, yaml.SequenceNode):
                 loader.construct_object(n, deep=True)
         except Exception:
             return n.start_mark.line + 1
@@ -712,19 +716,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
 
 def _complex_key_line(node: yaml.Node) -> int | None:
     """The line of the first mapping key that is itself a list or a mapping (None if there is none)."""
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
+    for n in _nodes(node):
         if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
+            for k, _ in n.value:
                 if not isinstance(k, yaml.ScalarNode):
                     return k.start_mark.line + 1
-                stack.append(v)
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
     return None
 
 

@@ -47,16 +47,8 @@ from autokd.space import BOUNDS, QUANT_BITS, Space, dimensions, load_space
 REPO = Path(__file__).resolve().parents[1]
 INF, NAN = math.inf, math.nan
 
-# A copy of conftest.TINY_SPACE (a valid space that trains in seconds).
-TINY_SPACE: dict[str, Any] = {
-    "version": 1,
-    "name": "tiny",
-    "dataset": {"name": "digits", "image_size": 8},
-    "model": {"family": "mobilenetv2", "width_mult": {"choices": [0.25, 0.5]}},
-    "distill": {"kd": {"choices": [True, False]}, "teacher": {"family": "resnet", "width": 8, "epochs": 1}},
-    "train": {"epochs": 1},
-    "search": {"n_trials": 2},
-}
+from tests.conftest import TINY_SPACE  # noqa: E402  (a valid space that trains in seconds)
+
 BASES: dict[str, dict[str, Any]] = {
     "tiny": TINY_SPACE,
     "mobilenet": yaml.safe_load((REPO / "spaces" / "mobilenet.yaml").read_text(encoding="utf-8")),
