@@ -1,0 +1,45 @@
+"""The search space: a pydantic v2 schema, a YAML loader that keeps line numbers, ``--set`` overrides,
+and small named cross-field checks.
+
+Validation runs in two stages (as Ludwig does): the schema (types, ``extra="forbid"``, ``version: 1``),
+then :data:`CHECKS`, small functions that each look at one cross-field rule. Every problem from both stages is
+collected and raised at once as a :class:`~autokd.errors.SpaceError` whose lines read
+``SPACE.yaml:LINE: dotted.path: what is wrong (valid: ...)``.
+
+A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low:, high:, step:?, log:?}``.
+The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
+
+Modules by concern: :mod:`~autokd.space.schema` (pydantic models, dimensions, resolving), :mod:`~autokd.space.checks`
+(cross-field rules), :mod:`~autokd.space.yamlio` (YAML with line numbers, ``--set``), :mod:`~autokd.space.messages`
+(both stages into located lines). Everything a caller needs is importable from ``autokd.space``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autokd.space.checks import BOUNDS, CHECKS, QUANT_BITS, kd_twins_enabled
+from autokd.space.messages import validate_data
+from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
+                                 Range, SearchSpec, Space, TeacherSpec, TrainSpec, dimensions, discrete_size,
+                                 is_resolved, resolve, space_hash, to_dict)
+from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
+
+__all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "QUANT_BITS", "Choices", "CompressSpec", "DatasetSpec", "Dimension",
+           "DistillSpec", "ModelSpec", "Range", "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "dimensions",
+           "discrete_size", "is_resolved", "kd_twins_enabled", "load_space", "parse_overrides", "parse_yaml_value",
+           "resolve", "space_from_dict", "space_hash", "to_dict", "validate_data"]
+
+
+def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
+    """Read, override and validate a YAML space file."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    return validate_data(data, source=str(path), lines=lines, overrides=overrides)
+
+
+def space_from_dict(data: dict[str, Any], *, overrides: Sequence[str] = ()) -> Space:
+    """Validate a space given as plain data (as stored in a study)."""
+    return validate_data(data, overrides=overrides)

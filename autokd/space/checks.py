@@ -1,0 +1,183 @@
+"""Stage two of validation: small named cross-field checks, each returning (dotted path, message) pairs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+from autokd.errors import hint
+
+from autokd.space.schema import Choices, Range, Space, walk_fields, dimensions
+
+
+CheckResult = list[tuple[str, str]]
+
+# Allowed values of every candidate value of a field: (low, high, low_inclusive, high_inclusive).
+BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "model.width_mult": (0.0, 8.0, False, True),
+    "model.depth_mult": (0.0, 8.0, False, True),
+    "model.kernel_size": (1, 11, True, True),
+    "model.expand_ratio": (1, 12, True, True),
+    "model.dropout": (0.0, 1.0, True, False),
+    "distill.temperature": (0.1, 100.0, True, True),  # beyond these the soft targets under/overflow
+    "distill.alpha": (0.0, 1.0, True, True),
+    "train.lr": (0.0, 10.0, False, True),
+    "train.weight_decay": (0.0, 1.0, True, True),
+    "train.label_smoothing": (0.0, 1.0, True, False),
+    "compress.prune_ratio": (0.0, 1.0, True, False),
+}
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+RANGE_VALUES_CAP = 10_000  # an int range with more values is checked at its ends only
+
+
+def _candidates(value: Any) -> list[Any]:
+    """Every value a field can take: its choices, every value of an int range (its ends for a float range or a
+    huge int range), or the fixed value."""
+    if isinstance(value, Choices):
+        return list(value.choices)
+    if isinstance(value, Range):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (value.low, value.high))
+        step = value.step if value.step and not value.log else 1
+        if ints and isinstance(step, int) and step > 0 and 0 <= (value.high - value.low) // step < RANGE_VALUES_CAP:
+            return list(range(value.low, value.high + 1, step))
+        return [value.low, value.high]
+    return [value]
+
+
+def _discrete_problems(path: str, value: Any, valid: Any, what: str, options: str) -> CheckResult:
+    """One line per bad choice, or one line for a range that can produce bad values (naming a few of them)."""
+    bad = [v for v in _candidates(value) if not valid(v)]
+    if not bad:
+        return []
+    if isinstance(value, Range):
+        shown = ", ".join(map(str, bad[:4])) + (", ..." if len(bad) > 4 else "")
+        return [(path, f"the range {value.low}..{value.high} can produce {shown} (valid: {options}); use "
+                       "{choices: [...]} of valid values")]
+    return [(path, f"{v} {what} (valid: {options})") for v in bad]
+
+
+def check_ranges(space: Space) -> CheckResult:
+    """low < high, non-empty and distinct choices, valid steps and log ranges."""
+    out: CheckResult = []
+    for path, value in walk_fields(space):
+        if isinstance(value, Choices):
+            if not value.choices:
+                out.append((f"{path}.choices", "choices must not be empty"))
+            elif len(set(map(repr, value.choices))) != len(value.choices):
+                out.append((f"{path}.choices", "choices must be distinct"))
+        elif isinstance(value, Range):
+            bad = [k for k in ("low", "high", "step") if getattr(value, k) is not None
+                   and not math.isfinite(getattr(value, k))]
+            if bad:
+                out.append((f"{path}.{bad[0]}", f"{bad[0]} must be a finite number"))
+                continue
+            if not value.low < value.high:
+                out.append((f"{path}.low", f"low must be < high (got low={value.low}, high={value.high})"))
+            if value.log and value.low <= 0:
+                out.append((f"{path}.low", "a log range needs low > 0"))
+            if value.step is not None:
+                if value.step <= 0:
+                    out.append((f"{path}.step", "step must be > 0"))
+                elif value.log:
+                    out.append((f"{path}.step", "step and log cannot be used together"))
+                elif value.low < value.high and value.step > value.high - value.low:
+                    out.append((f"{path}.step", "step is larger than high - low"))
+                elif value.low < value.high and (value.high - value.low) / value.step > 1e6:
+                    out.append((f"{path}.step", "step is so small that the range has over a million values; "
+                                                "leave it out for a continuous range"))
+    return out
+
+
+def check_bounds(space: Space) -> CheckResult:
+    """Every candidate value of a field lies in the field's valid interval (alpha in [0, 1], T > 0, ...)."""
+    out: CheckResult = []
+    values = dict(walk_fields(space))
+    for path, (lo, hi, lo_in, hi_in) in BOUNDS.items():
+        value = values[path]  # an interval: a range is inside it when both of its ends are
+        for v in [value.low, value.high] if isinstance(value, Range) else _candidates(value):
+            ok = (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+            if not ok:
+                interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+                out.append((path, f"{v} is out of range (valid: {interval})"))
+    out += _discrete_problems("compress.bits", values["compress.bits"], lambda v: v in QUANT_BITS,
+                              "is not a supported bit width", "2-8, or 32 for none")
+    out += _discrete_problems("model.kernel_size", values["model.kernel_size"],
+                              lambda v: not isinstance(v, int) or v % 2 == 1, "must be odd", "1, 3, 5, 7, ...")
+    return out
+
+
+def check_families(space: Space) -> CheckResult:
+    """Model and teacher families exist in the registry, and searched fields are used by the family."""
+    from autokd.models.registry import family_fields, student_families, teacher_families
+
+    out: CheckResult = []
+    students, teachers = student_families(), teacher_families()
+    if space.model.family not in students:
+        out.append(("model.family", f"unknown family {space.model.family!r}{hint(space.model.family, students)}"))
+    else:
+        used = family_fields(space.model.family)
+        for d in dimensions(space):
+            name = d.path.removeprefix("model.")
+            if d.path.startswith("model.") and name not in used:
+                out.append((d.path, f"family {space.model.family} does not use this field"))
+    if space.distill.teacher.family not in teachers:
+        t = space.distill.teacher.family
+        out.append(("distill.teacher.family", f"unknown teacher family {t!r}{hint(t, teachers)}"))
+    return out
+
+
+def check_dataset(space: Space) -> CheckResult:
+    """imagefolder needs a root; the split leaves room for training data."""
+    d = space.dataset
+    out: CheckResult = []
+    if d.name == "imagefolder" and not d.root:
+        out.append(("dataset.root", "imagefolder needs root: a folder with one sub-folder per class"))
+    if d.name in ("digits", "imagefolder") and d.val_fraction + d.test_fraction >= 0.9:
+        out.append(("dataset.val_fraction", "val_fraction + test_fraction must leave at least 10% for training"))
+    return out
+
+
+def check_teacher(space: Space) -> CheckResult:
+    """A checkpoint is one teacher."""
+    t = space.distill.teacher
+    if t.checkpoint and t.ensemble > 1:
+        return [("distill.teacher.ensemble", "a checkpoint teacher cannot be an ensemble (set ensemble: 1)")]
+    return []
+
+
+def check_search(space: Space) -> CheckResult:
+    """Objectives are distinct; KD twins need distill.kd to be searched."""
+    out: CheckResult = []
+    objs = space.search.objectives
+    if len(set(objs)) != len(objs):
+        out.append(("search.objectives", "objectives must be distinct"))
+    kd = space.distill.kd
+    if space.search.kd_twins and not (isinstance(kd, Choices) and set(kd.choices) == {True, False}):
+        out.append(("search.kd_twins", "twins flip distill.kd, so distill.kd must be {choices: [true, false]}"))
+    return out
+
+
+def check_compress(space: Space) -> CheckResult:
+    """Searching compression needs a fine-tune phase to recover in."""
+    c = space.compress
+    if c.finetune_epochs == 0 and (any(v for v in _candidates(c.prune_ratio)) or
+                                   any(v != 32 for v in _candidates(c.bits))):
+        return [("compress.finetune_epochs", "pruning and quantization need finetune_epochs >= 1")]
+    return []
+
+
+CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
+                                                check_teacher, check_search, check_compress]
+
+
+def kd_twins_enabled(space: Space) -> bool:
+    """``search.kd_twins``, defaulting to true when distill.kd is searched over both values."""
+    if space.search.kd_twins is not None:
+        return space.search.kd_twins
+    kd = space.distill.kd
+    return isinstance(kd, Choices) and set(kd.choices) == {True, False}
+

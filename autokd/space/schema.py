@@ -1,0 +1,335 @@
+"""The schema of a search space (pydantic v2, ``extra="forbid"``, ``version: 1``) and its searched dimensions.
+
+A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low:, high:, step:?, log:?}``.
+The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+
+from autokd.errors import Problem, SpaceError, hint
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Choices(_Strict, Generic[T]):
+    """A categorical dimension: ``{choices: [a, b, c]}``."""
+
+    choices: list[T]
+
+
+class Range(_Strict, Generic[N]):
+    """A numeric dimension: ``{low:, high:, step:?, log:?}`` (bounds inclusive)."""
+
+    low: N
+    high: N
+    step: N | None = None
+    log: bool = False
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Choices):
+        return "<choices>"
+    if isinstance(value, Range):
+        return "<range>"
+    if isinstance(value, dict):
+        return "<range>" if ("low" in value or "high" in value) else "<choices>"
+    return "<fixed>"
+
+
+class NotARange(BaseModel):
+    """What a ``{low:, high:}`` on a categorical field validates against: always one clear error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        raise ValueError("this field takes a fixed value or {choices: [...]}, not a range")
+
+
+# Tags start with "<" so that error locations can drop them (see _clean_loc).
+def _searchable(base: Any, *, numeric: bool) -> Any:
+    members: list[Any] = [Annotated[base, Tag("<fixed>")], Annotated[Choices[base], Tag("<choices>")],
+                          Annotated[Range[base] if numeric else NotARange, Tag("<range>")]]
+    return Annotated[Union[tuple(members)], Discriminator(_kind)]
+
+
+SFloat = _searchable(float, numeric=True)
+SInt = _searchable(int, numeric=True)
+SBool = _searchable(bool, numeric=False)
+
+Conv = Literal["depthwise", "standard"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"]
+
+
+class DatasetSpec(_Strict):
+    """Which data, how it is split, at what image size."""
+
+    name: DatasetName = "digits"
+    root: str | None = Field(None, description="Folder holding (or receiving) the dataset files.")
+    download: bool = Field(False, description="Allow torchvision to download the dataset into root.")
+    image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this side (default: native).")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Used where the dataset has no official test split.")
+    split_seed: int = 0
+    limit: int | None = Field(None, ge=10, description="Use at most this many training images (stratified).")
+
+
+class ModelSpec(_Strict):
+    """The student architecture: a family from the registry and its NAS choices."""
+
+    family: str = "mobilenetv2"
+    width_mult: SFloat = 1.0
+    depth_mult: SFloat = 1.0
+    kernel_size: SInt = 3
+    expand_ratio: SInt = 6
+    conv: _searchable(Conv, numeric=False) = "depthwise"
+    dropout: SFloat = 0.0
+    stages: Literal["small", "cifar"] = Field("small", description="Stage table of the family: 'small' (8-16 px "
+                                              "images) or 'cifar' (32 px).")
+
+
+class TeacherSpec(_Strict):
+    """The KD teacher: trained once and cached, or loaded from a checkpoint."""
+
+    family: str = "resnet"
+    width: int = Field(32, ge=4, description="Channels of the first stage.")
+    depth: int = Field(1, ge=1, le=16, description="Residual blocks per stage.")
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(0.05, gt=0)
+    checkpoint: str | None = Field(None, description="A state_dict (.pt) of this architecture to load instead of training.")
+    ensemble: int = Field(1, ge=1, le=16, description="Teachers trained with different seeds; KD uses their mean logits.")
+    augment: Literal["auto", False] = Field(
+        "auto", description="'auto': when any trial can augment, the teacher trains on the students' view pool "
+        "(one view per image per epoch) before labelling it; false: clean images only (its soft targets over "
+        "the views are then often wrong).")
+
+
+class DistillSpec(_Strict):
+    """Hinton's knowledge distillation: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
+
+    kd: SBool = False
+    temperature: SFloat = 4.0
+    alpha: SFloat = 0.9
+    teacher: TeacherSpec = TeacherSpec()
+
+
+class TrainSpec(_Strict):
+    """The one training loop's settings; the same for every trial (except what is searched)."""
+
+    epochs: int = Field(10, ge=1, description="Training epochs of every trial.")
+    batch_size: int = Field(64, ge=2, description="Images per step (at least 2: BatchNorm needs two samples).")
+    optimizer: _searchable(Literal["sgd", "adamw"], numeric=False) = "sgd"
+    lr: SFloat = 0.05
+    weight_decay: SFloat = 5e-4
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0; 0 trains plain SGD).")
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    label_smoothing: SFloat = 0.0
+    augment: SBool = Field(False, description="Random shifts (and flips/crops on natural images) from a view pool.")
+    augment_views: int = Field(4, ge=1, le=64, description="Augmented views per training image, drawn once "
+                               "from the seed; the teacher's logits over them are cached.")
+    grad_clip: float | None = Field(5.0, gt=0, description="Clip the gradient norm (keeps low-bit QAT stable).")
+    seed: int = Field(0, description="Initialization, data order and augmentation of every trial.")
+    repeats: int = Field(1, ge=1, le=32, description="Train every configuration this many times, each repeat "
+                         "with its own random streams derived from (seed, repeat, phase); the trial reports the "
+                         "mean and keeps each repeat's metrics.")
+
+
+PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale"]
+
+
+class CompressSpec(_Strict):
+    """Structured pruning and quantization-aware training, run after dense training as a fine-tune phase.
+
+    Every configuration trains ``train.epochs + finetune_epochs`` epochs in all, pruned/quantized or not.
+    """
+
+    prune_ratio: SFloat = Field(0.0, description="Share of channels removed per layer (0 = no pruning).")
+    prune_method: PruneMethod = "l1"
+    round_to: int = Field(1, ge=1, description="Round pruned channel counts to a multiple of this.")
+    bits: SInt = Field(32, description="Weight bits (2-8), or 32 for no quantization.")
+    act_bits: int | None = Field(None, ge=2, le=8, description="Activation bits of quantized layers "
+                                 "[default: bits, but at least 4: min/max-ranged 2-3 bit activations collapse].")
+    keep_first_last: bool = Field(True, description="Keep the first conv and the classifier at 8 bits.")
+    finetune_epochs: int = Field(2, ge=0, description="Epochs after pruning/quantization (run by every trial).")
+    finetune_lr: float | None = Field(None, gt=0, le=10,
+                                      description="Fine-tune learning rate [default: train.lr / 2].")
+
+
+Objective = Literal["flops", "bitops", "size", "params"]
+
+
+class SearchSpec(_Strict):
+    """How Optuna searches: sampler, budget, seeds, objectives."""
+
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
+    seed: int = 0
+    objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
+                                        description="Cost objectives minimized beside validation accuracy.")
+    startup_trials: int = Field(6, ge=0, description="Random trials before TPE models the space.")
+    population_size: int = Field(8, ge=2, description="NSGA-II population size.")
+    max_failures: int = Field(5, ge=1, description="Stop after this many FAIL trials in one run.")
+    kd_twins: bool | None = Field(None, description="Run every trial's twin with distill.kd flipped "
+                                  "[default: true when distill.kd is searched].")
+
+
+class Space(_Strict):
+    """A whole search space file."""
+
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
+    dataset: DatasetSpec = DatasetSpec()
+    model: ModelSpec = ModelSpec()
+    distill: DistillSpec = DistillSpec()
+    train: TrainSpec = TrainSpec()
+    compress: CompressSpec = CompressSpec()
+    search: SearchSpec = SearchSpec()
+
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str | None:
+        """The file the space was read from (``None`` when built from a dict)."""
+        return self._source
+
+
+# Fields that set the budget, not the question: left out of the space hash so that a study can be
+# resumed or extended with more trials.
+BUDGET_FIELDS = {"search": {"n_trials", "max_failures"}}
+
+
+# --------------------------------------------------------------------------------------------
+# Dimensions
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched field: its Optuna name (dotted path) and its distribution."""
+
+    path: str
+    choices: tuple[Any, ...] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    is_int: bool = False
+
+    @property
+    def size(self) -> int | None:
+        """Number of distinct values, or ``None`` for a continuous dimension."""
+        if self.choices is not None:
+            return len(self.choices)
+        if self.is_int:
+            return int((self.high - self.low) // (self.step or 1)) + 1
+        if self.step:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "{" + ", ".join(_fmt(c) for c in self.choices) + "}"
+        kind = "int" if self.is_int else "float"
+        extra = (f", step {_fmt(self.step)}" if self.step else "") + (", log" if self.log else "")
+        return f"{kind} [{_fmt(self.low)}, {_fmt(self.high)}]{extra}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def walk_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, (Choices, Range)):
+            yield path, value
+        elif isinstance(value, BaseModel):
+            yield from walk_fields(value, path + ".")
+        else:
+            yield path, value
+
+
+def dimensions(space: Space) -> list[Dimension]:
+    """The searched fields of ``space``, in schema order (dataset, model, distill, train, compress, search)."""
+    dims = []
+    for path, value in walk_fields(space):
+        if isinstance(value, Choices):
+            dims.append(Dimension(path, choices=tuple(value.choices)))
+        elif isinstance(value, Range):
+            dims.append(Dimension(path, low=value.low, high=value.high, step=value.step, log=value.log,
+                                  is_int=isinstance(value.low, int) and isinstance(value.high, int)))
+    return dims
+
+
+def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
+    """(number of configurations of the discrete dimensions, number of continuous dimensions)."""
+    size, continuous = 1, 0
+    for d in dims:
+        if d.size is None:
+            continuous += 1
+        else:
+            size *= d.size
+    return size, continuous
+
+
+def resolve(space: Space, params: dict[str, Any]) -> Space:
+    """A copy of ``space`` with every searched field set from ``params`` (dotted names).
+
+    Raises :class:`SpaceError` if a searched field has no value or a value names no searched field.
+    """
+    dims = {d.path for d in dimensions(space)}
+    missing = sorted(dims - set(params))
+    unknown = sorted(set(params) - dims)
+    problems = [Problem("no value given for this searched field", p) for p in missing]
+    problems += [Problem("not a searched field of this space" + hint(p, sorted(dims)), p) for p in unknown]
+    if problems:
+        raise SpaceError(problems)
+    data = space.model_dump(mode="python")
+    for path, value in params.items():
+        set_path(data, path.split("."), value)
+    resolved = Space.model_validate(data)
+    resolved._source = space.source
+    return resolved
+
+
+def is_resolved(space: Space) -> bool:
+    return not dimensions(space)
+
+
+def space_hash(space: Space) -> str:
+    """A canonical hash of the question a space asks (budget fields left out)."""
+    data = space.model_dump(mode="json", exclude=BUDGET_FIELDS)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def to_dict(space: Space) -> dict[str, Any]:
+    """Plain JSON-able data of the space (round-trips through :func:`space_from_dict`)."""
+    return space.model_dump(mode="json")
+
+
+
+def set_path(data: dict, keys: list[str], value: Any) -> None:
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[k] = nxt
+        cur = nxt
+    cur[keys[-1]] = value
+
