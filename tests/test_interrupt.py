@@ -72,9 +72,9 @@ def test_sigterm_is_raised_at_the_next_progress_event():
     from rich.console import Console
 
     from autokd.cli import Terminated, terminated
-    from autokd.cli.search import RichProgress
+    from autokd.cli.search import RichProgress, stop_on_sigterm
 
-    ui = RichProgress(Console(file=open(os.devnull, "w")))
+    ui = stop_on_sigterm(RichProgress(Console(file=open(os.devnull, "w"))))
     ui("trial.fail", number=0, reason="x")  # no signal: nothing happens
     terminated.set()
     try:

@@ -38,8 +38,6 @@ class RichProgress:
         self.inner = self.bars.add_task(description, total=total)
 
     def __call__(self, event: str, **d: Any) -> None:
-        if terminated.is_set():  # SIGTERM arrived (see autokd.cli._on_sigterm): stop here, at a safe point
-            raise Terminated()
         log = self.bars.console.print
         if event == "study.resume":
             if d["trials"]:
@@ -98,6 +96,17 @@ class RichProgress:
             log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
 
 
+def stop_on_sigterm(progress: Any) -> Any:
+    """``progress`` that first raises :class:`~autokd.cli.Terminated` once SIGTERM has arrived: the search stops
+    at its next event (each epoch, each stage), a safe point (see ``autokd.cli._on_sigterm``)."""
+    def checked(event: str, **d: Any) -> None:
+        if terminated.is_set():
+            raise Terminated()
+        progress(event, **d)
+
+    return checked
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
@@ -131,7 +140,7 @@ def search(
     with RichProgress(console) as ui:
         result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
                             cache_dir=cache_dir, allow_space_change=allow_space_change, worker_index=worker_index,
-                            progress=ui)
+                            progress=stop_on_sigterm(ui))
     st = result.study
     info = build_report(st, sp, margin=margin)
     if result.complete:

@@ -76,6 +76,7 @@ from scipy import stats as _st
 from autokd.report.levels import Levels, factor_levels, merge_small_levels
 from autokd.report.linear import aliased_blocks, bell_mccaffrey_df, fit_ols_hc3, gvif, sign_patterns, wald_signflip
 from autokd.report.stats import as_values, holm_adjust, jsonable, t_interval
+from autokd.report.verdict import fmt_p, interval, pts
 
 __all__ = [
     "TEST_NAME",
@@ -206,14 +207,6 @@ def _f_quantiles(n1: int, n2: int, confidence: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------- #
 # the analysis
 # --------------------------------------------------------------------------- #
-def _pts(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _fmt_p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
-
-
 def _level_stats(gains: np.ndarray, labels: np.ndarray, level: str, merged_from: Sequence[str]) -> dict:
     g = gains[labels == level]
     n = int(g.size)
@@ -454,17 +447,17 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
             entry["verdict"] = "orthogonal"
             if entry["detectable"]:
                 entry["reason"] = (f"a difference smaller than the margin is detectable "
-                                   f"(corrected p {_fmt_p(entry['p_adjusted'])})")
+                                   f"(corrected p {fmt_p(entry['p_adjusted'])})")
         elif entry["detectable"]:
             entry["verdict"] = "interacts"
         else:
             entry["verdict"] = "undetermined"
             top = entry["max_difference"]
             entry["reason"] = (
-                f"neither shown: largest difference {_pts(top['estimate'])} pts "
-                f"({round(100 * conf)}% CI {_pts(top['ci_low'])} to {_pts(top['ci_high'])}) is not shown to be "
-                f"within +-{_pts(margin)} pts, and no dependence is detected "
-                f"(corrected p {_fmt_p(entry['p_adjusted'])})")
+                f"neither shown: largest difference {pts(top['estimate'], sign=False)} pts "
+                f"({round(100 * conf)}% CI {interval(top['ci_low'], top['ci_high'])}) is not shown to be "
+                f"within +-{pts(margin, sign=False)} pts, and no dependence is detected "
+                f"(corrected p {fmt_p(entry['p_adjusted'])})")
             if all(d["estimate"] < margin for d in diffs):
                 need = max(n * (t_of[id(d)] * d["se"] / (margin - d["estimate"])) ** 2 for d in diffs)
             elif top["se"] > 0:

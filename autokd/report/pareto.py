@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from autokd.report.pairing import is_state, kd_flag, metric_of
+
 
 _DIRECTIONS = ("maximize", "minimize")
 
@@ -127,8 +129,6 @@ def front_comparison(trials: Sequence[dict[str, Any]], *, cost_metric: str = "fl
     Returns ``{"metric", "cost_metric", "reference", "hv_kd_on", "hv_kd_off", "dominated_share", "front_kd_on",
     "front_kd_off", "n_kd_on", "n_kd_off"}``; with no usable trials, reference and hypervolumes are None.
     """
-    from autokd.report.pairing import is_state, kd_flag, metric_of
-
     sides: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}
     for trial in trials:
         if not is_state(trial, "COMPLETE"):
