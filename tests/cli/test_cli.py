@@ -216,7 +216,7 @@ def test_ctrl_c_before_the_trials_exits_130_with_the_resume_command(cli, space_f
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(autokd.study, "get_teacher", interrupt)
+    monkeypatch.setattr(autokd.study.runner, "get_teacher", interrupt)
     path = space_file(tiny_space)
     url = f"sqlite:///{tmp_path}/i.db"
     res = cli("search", str(path), "--storage", url, "--device", "cpu")
@@ -272,7 +272,7 @@ def test_timeout_prints_the_command_that_resumes(cli, space_file, tiny_space, tm
     # The search's clock moves 0.6 s each time it is read: the deadline (1 s) passes after exactly one trial,
     # however fast this machine trains (a tiny trial can take less than a second).
     clock = itertools.count(0.0, 0.6)
-    monkeypatch.setattr(autokd.study, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(autokd.study.runner, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     path = space_file(tiny_space)
     url = f"sqlite:///{tmp_path}/t.db"
     args = ["search", str(path), "--storage", url, "--device", "cpu", "--timeout", "1"]

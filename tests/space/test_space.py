@@ -23,7 +23,7 @@ from autokd.space import (
     to_dict,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 KNOWN = """\
 version: 1

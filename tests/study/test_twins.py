@@ -136,7 +136,7 @@ def test_twin_missing_after_a_crash_runs_even_with_the_budget_reached(url, tiny_
 
     sp = space_from_dict(twin_space(tiny_space, 1))
     with monkeypatch.context() as mp:
-        mp.setattr(autokd.study, "enqueue_missing_twins", lambda study, progress=None: [])
+        mp.setattr(autokd.study.runner, "enqueue_missing_twins", lambda study, progress=None: [])
         first = run_search(sp, storage=url, device="cpu")
     assert [t.state for t in first.study.get_trials()] == [TrialState.COMPLETE]
 

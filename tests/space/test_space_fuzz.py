@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from autokd.space import BOUNDS, QUANT_BITS, Space, dimensions, load_space
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INF, NAN = math.inf, math.nan
 
 from tests.conftest import TINY_SPACE  # noqa: E402  (a valid space that trains in seconds)

@@ -22,12 +22,12 @@ def test_a_loader_waits_for_the_creators_attributes(tiny_space, tmp_path, monkey
         study = create_or_load_study(space, storage=url)
     finally:
         timer.join()
-    assert study.user_attrs[ATTR_HASH] == autokd.study.space_hash(space)
+    assert study.user_attrs[ATTR_HASH] == autokd.study.storage.space_hash(space)
 
 
 def create_attrs(study, space):
-    study.set_user_attr(autokd.study.ATTR_SPACE, autokd.study.to_dict(space))
-    study.set_user_attr(ATTR_HASH, autokd.study.space_hash(space))
+    study.set_user_attr(autokd.study.ATTR_SPACE, autokd.study.storage.to_dict(space))
+    study.set_user_attr(ATTR_HASH, autokd.study.storage.space_hash(space))
 
 
 def test_a_creator_that_loses_the_race_loads_the_winners_study(tiny_space, tmp_path, monkeypatch):
@@ -35,6 +35,6 @@ def test_a_creator_that_loses_the_race_loads_the_winners_study(tiny_space, tmp_p
     space = space_from_dict(tiny_space)
     winner = create_or_load_study(space, storage=url)
     # This worker listed the studies before the winner created it: its create_study now raises.
-    monkeypatch.setattr(autokd.study.optuna.study, "get_all_study_summaries", lambda *a, **k: [])
+    monkeypatch.setattr(autokd.study.storage.optuna.study, "get_all_study_summaries", lambda *a, **k: [])
     loser = create_or_load_study(space, storage=url)
     assert loser._study_id == winner._study_id  # the same study (private id: no public equivalent)

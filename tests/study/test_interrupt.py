@@ -12,8 +12,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from autokd.study import _requeue_interrupted  # the one function under test; the CLI path is tested below
-from tests.test_study import CRASH_SPACE, REPO, _running_with_worker
+from autokd.study.recovery import _requeue_interrupted  # the one function under test; the CLI path is tested below
+from tests.study.test_study import CRASH_SPACE, REPO, _running_with_worker
 
 
 def test_only_this_workers_trial_is_failed_and_requeued():

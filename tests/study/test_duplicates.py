@@ -14,7 +14,7 @@ from autokd.study import run_search
 
 
 def test_duplicates_are_pruned_untrained_and_end_an_exhausted_search(tiny_space, tmp_path, monkeypatch):
-    monkeypatch.setattr(autokd.study, "MAX_DUPLICATES_IN_A_ROW", 3)
+    monkeypatch.setattr(autokd.study.runner, "MAX_DUPLICATES_IN_A_ROW", 3)
     s = copy.deepcopy(tiny_space)
     s["model"]["width_mult"] = 0.25  # only distill.kd is searched: two configurations in all
     s["search"]["n_trials"] = 4
@@ -34,7 +34,7 @@ def test_duplicates_are_pruned_untrained_and_end_an_exhausted_search(tiny_space,
 
 
 def test_the_cli_says_why_it_stopped(cli, space_file, tiny_space, tmp_path, monkeypatch):
-    monkeypatch.setattr(autokd.study, "MAX_DUPLICATES_IN_A_ROW", 2)
+    monkeypatch.setattr(autokd.study.runner, "MAX_DUPLICATES_IN_A_ROW", 2)
     s = copy.deepcopy(tiny_space)
     s["model"]["width_mult"] = 0.25
     s["search"]["n_trials"] = 4

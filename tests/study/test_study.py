@@ -32,7 +32,7 @@ from autokd.study import (
     trial_records,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # study.ask() on a storage with a heartbeat warns that heartbeats are meant for optimize(); harmless here
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -125,7 +125,7 @@ def test_foreign_study_of_the_same_name_is_refused(url, tiny_space, monkeypatch)
 
     # An empty foreign study looks like one being created by another worker: autokd waits for its attributes
     # (CREATE_WAIT_SECONDS) before refusing; keep that wait short here.
-    monkeypatch.setattr(autokd.study, "CREATE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(autokd.study.storage, "CREATE_WAIT_SECONDS", 0.3)
     optuna.create_study(study_name="tiny", storage=url, directions=["maximize", "minimize"])
     with pytest.raises(StudyError, match="not made by autokd"):
         create_or_load_study(space_from_dict(tiny_space), storage=url)
@@ -261,7 +261,7 @@ def test_the_resume_check_would_catch_a_fixed_seed(url, monkeypatch):
     """Without a seed derived from the history, a fresh sampler repeats trial 0's proposal."""
     import autokd.study
 
-    monkeypatch.setattr(autokd.study, "derive_seed", lambda seed, n_existing, worker_index=0: seed)
+    monkeypatch.setattr(autokd.study.sampler, "derive_seed", lambda seed, n_existing, worker_index=0: seed)
     trials = _run_twice(url)
     assert trials[0].params["train.lr"] == trials[1].params["train.lr"]
 
@@ -417,7 +417,7 @@ def test_a_finished_study_returns_before_loading_data_or_the_teacher(url, tiny_s
     def no_data(*args, **kwargs):
         raise AssertionError("a finished study loaded its dataset")
 
-    monkeypatch.setattr(autokd.study, "load_dataset", no_data)
+    monkeypatch.setattr(autokd.study.runner, "load_dataset", no_data)
     log = EventLog()
     again = run_search(sp, storage=url, device="cpu", progress=log)
     assert again.complete == 1 and again.ran_this_run == 0

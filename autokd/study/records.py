@@ -1,0 +1,45 @@
+"""A study as plain data: trial records, and the report built from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from autokd.space import Space
+from autokd.study.storage import ATTR_TEACHER, metric_names
+from autokd.study.twins import kd_searched
+
+
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """Plain data of every trial (the input of the report functions)."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        records.append({
+            "number": t.number,
+            "state": t.state.name,
+            "values": list(t.values) if t.values is not None else None,
+            "params": dict(t.params),
+            "metrics": dict(t.user_attrs.get("metrics", {})),
+            "settings": dict(t.user_attrs.get("settings", {})),
+            "seconds": t.user_attrs.get("seconds"),
+            "fail_reason": t.user_attrs.get("fail_reason"),
+            "twin_of": t.user_attrs.get("twin_of"),
+            "retry_of": t.user_attrs.get("retry_of"),
+            "duplicate_of": t.user_attrs.get("duplicate_of"),
+            "teacher": t.user_attrs.get("teacher"),
+        })
+    return records
+
+
+def build_report(study: optuna.Study, space: Space, *, include_all: bool = False,
+                 margin: float = 1.0) -> dict[str, Any]:
+    """The report data of a study (Pareto front, and the KD section when distill.kd is searched).
+
+    ``margin`` is the orthogonality margin in accuracy points (``--margin``)."""
+    from autokd.report import study_report
+
+    return study_report(trial_records(study), directions=[d.name for d in study.directions], study=study.study_name,
+                        metric_names=metric_names(space), include_all=include_all,
+                        dataset_sizes=study.user_attrs.get("autokd.dataset_sizes"), with_kd=kd_searched(space),
+                        teacher=study.user_attrs.get(ATTR_TEACHER), margin=margin)

@@ -1,0 +1,159 @@
+"""Run one worker of a study until it holds ``search.n_trials`` COMPLETE trials.
+
+- Resume: ``search.n_trials`` counts COMPLETE trials, so rerunning the same command finishes the rest.
+- A worker acts only on trials it ran (the ``optimize`` callback hands it its own trial; never ``trials[-1]``).
+- KD twins: with ``search.kd_twins``, every COMPLETE trial's twin (same settings and seed, ``distill.kd``
+  flipped) is enqueued unless it exists, and runs next; a resumed study completes missing twins first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autokd.data import load_dataset
+from autokd.errors import AutokdError, Problem
+from autokd.objective import Objective, prepare_inputs, view_pool
+from autokd.progress import ProgressCallback, silent
+from autokd.space import Space, dimensions, kd_twins_enabled
+from autokd.study.recovery import _requeue_interrupted, recover_stale_trials
+from autokd.study.sampler import make_sampler
+from autokd.study.storage import (ATTR_TEACHER, artifacts_dir, count_states, create_or_load_study, default_storage,
+                                  ensure_writable, open_existing_study, quiet_optuna)
+from autokd.study.twins import enqueue_missing_twins
+from autokd.teacher import get_teacher, resolve_cache_dir
+
+
+MAX_DUPLICATES_IN_A_ROW = 50  # proposals that repeat a trial before the space is taken as exhausted
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AutokdError(Problem("CUDA is not available on this machine (use --device cpu or auto)",
+                                  file="--device"))
+    if device not in ("cpu", "cuda"):
+        raise AutokdError(Problem(f"unknown device {device!r} (valid: auto, cpu, cuda)", file="--device"))
+    return torch.device(device)
+
+
+def kd_possible(space: Space) -> bool:
+    """Whether any trial of the space can distil (so the teacher is needed before trial 0)."""
+    for d in dimensions(space):
+        if d.path == "distill.kd":
+            return True in d.choices
+    return bool(space.distill.kd)
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study | None
+    storage: str
+    complete: int
+    target: int
+    failed_this_run: int
+    ran_this_run: int
+    stopped: str  # "done" | "timeout" | "max_failures" | "duplicates"
+    teacher_source: str | None = None
+    teacher_accuracy: float | None = None
+    last_error: str | None = None
+    states: dict[str, int] = field(default_factory=dict)
+
+
+def run_search(space: Space, *, storage: str | None = None, study_name: str | None = None,
+               timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
+               allow_space_change: bool = False, worker_index: int = 0,
+               progress: ProgressCallback = silent) -> SearchResult:
+    """Run (or resume) the study of ``space`` until it holds ``search.n_trials`` COMPLETE trials.
+
+    ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds)."""
+    dev = resolve_device(device)
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    target, twins = space.search.n_trials, kd_twins_enabled(space)
+    result = SearchResult(None, url, 0, target, 0, 0, "done")
+
+    def prepare(study: optuna.Study) -> bool:
+        """Recover stale trials, queue missing twins, report where the study stands; whether work remains."""
+        recover_stale_trials(study, progress=progress)
+        if twins:
+            enqueue_missing_twins(study, progress=progress)
+        result.study, result.states = study, count_states(study)
+        result.complete = result.states.get("COMPLETE", 0)
+        progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
+                 study=name)
+        return _work_left(study, target, twins)
+
+    # A finished study returns before any data or teacher is loaded (no teacher retrained for nothing).
+    study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    if study is not None and not prepare(study):
+        return result
+    # Unwritable places are found before anything is trained (a teacher or a trial would be lost otherwise).
+    if kd_possible(space) and not space.distill.teacher.checkpoint:
+        ensure_writable(resolve_cache_dir(cache_dir), "--cache-dir")
+    ensure_writable(artifacts_dir(url, name) / "trials", "trial models")
+    # Data and teacher problems surface before a new study is created, so a corrected space is not refused later.
+    data = load_dataset(space.dataset).to(dev)
+    pool = view_pool(space, data)  # before the teacher: with augmentation the teacher trains on it
+    teacher = None
+    if kd_possible(space):
+        teacher = get_teacher(space, data, pool=pool, cache_dir=cache_dir, device=dev, progress=progress)
+        result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
+    if study is None:
+        study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+        prepare(study)
+    study.set_user_attr("autokd.dataset_sizes", data.sizes)
+
+    study.sampler = make_sampler(space, n_existing=len(study.trials), worker_index=worker_index)
+    inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
+    if teacher is not None:
+        study.set_user_attr(ATTR_TEACHER, teacher.summary())
+    objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    duplicates_in_a_row = 0
+    with quiet_optuna():
+        while _work_left(study, target, twins):
+            if deadline is not None and time.monotonic() >= deadline:
+                result.stopped = "timeout"
+                break
+            if result.failed_this_run >= space.search.max_failures:
+                result.stopped = "max_failures"
+                break
+            if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+                result.stopped = "duplicates"
+                break
+            finished: list[optuna.trial.FrozenTrial] = []
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                               callbacks=[lambda _study, trial: finished.append(trial)])
+            except KeyboardInterrupt:
+                _requeue_interrupted(study, objective.current)
+                raise
+            if not finished:  # nothing ran (no trial was started)
+                continue
+            last = finished[-1]  # this worker's own trial, never another worker's latest
+            if last.state == TrialState.PRUNED and "duplicate_of" in last.user_attrs:
+                duplicates_in_a_row += 1  # skipped, not trained: does not count as a run
+                continue
+            duplicates_in_a_row = 0
+            result.ran_this_run += 1
+            if last.state == TrialState.FAIL:
+                result.failed_this_run += 1
+                result.last_error = last.user_attrs.get("fail_reason")
+            if twins and last.state == TrialState.COMPLETE:
+                enqueue_missing_twins(study, progress=progress)
+    result.states = count_states(study)
+    result.complete = result.states.get("COMPLETE", 0)
+    return result
+
+
+def _work_left(study: optuna.Study, target: int, twins: bool) -> bool:
+    """Fewer COMPLETE trials than the target, or a queued twin (pairs finish even past the target)."""
+    states = count_states(study)
+    return states.get("COMPLETE", 0) < target or (twins and states.get("WAITING", 0) > 0)

@@ -1,0 +1,203 @@
+"""Storages and studies: open any Optuna storage URL, create or load a study race-free, check it against the space.
+
+- Storage: any Optuna storage URL; the default is ``sqlite:///studies/<name>.db``. RDB storages get a heartbeat so
+  that trials of a worker that died on another machine are failed and retried (see :mod:`autokd.study.recovery`).
+- Space identity: a canonical hash of the space (budget fields left out) is stored in the study; a different space
+  is refused unless ``allow_space_change``.
+- Creation is race-free: a worker that loses the race to create the study loads the winner's, and a loader waits
+  for the creator's attributes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autokd import __version__
+from autokd.errors import Problem, StudyError, hint
+from autokd.objective import OBJECTIVE_METRICS
+from autokd.space import Space, space_from_dict, space_hash, to_dict
+
+
+STUDIES_DIR = Path("studies")
+
+
+ATTR_SPACE = "autokd.space"
+
+
+ATTR_HASH = "autokd.space_hash"
+
+
+ATTR_VERSION = "autokd.version"
+
+
+CREATE_WAIT_SECONDS = 10.0  # how long a loader waits for a just-created study's autokd attributes
+
+
+ATTR_TEACHER = "autokd.teacher"  # the teacher's accuracies (clean train/val/test and over the view pool)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Keep Optuna's experimental/deprecation warnings and per-trial log lines off the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"optuna\..*")
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            yield
+        finally:
+            optuna.logging.set_verbosity(level)
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///{STUDIES_DIR / name}.db"
+
+
+def artifacts_dir(storage_url: str, study_name: str) -> Path:
+    """Where trial models go: beside a SQLite file (``studies/<study>/``), else ``studies/<study>/``."""
+    if storage_url.startswith("sqlite:///"):
+        db = Path(storage_url.removeprefix("sqlite:///"))
+        return db.parent / study_name
+    return STUDIES_DIR / study_name
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage URL, turning every failure into one ``--storage`` line."""
+    if "://" not in url:
+        raise StudyError(Problem(f"{url!r} is not a storage URL (e.g. sqlite:///studies/x.db, "
+                                 "postgresql://user@host/db)", file="--storage"))
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if not create and not db.exists():
+            raise StudyError(Problem(f"no study database at {db}", file="--storage"))
+        if db.exists() and db.is_dir():
+            raise StudyError(Problem(f"{db} is a directory, not a SQLite file", file="--storage"))
+        if create:
+            ensure_writable(db.parent, "--storage")
+    try:
+        with quiet_optuna():
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+    except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+
+
+def ensure_writable(folder: Path, where: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there; else one located line (``where``: the
+    option or field that chose it). Run before any training, so nothing computed is lost to a bad path."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".autokd-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StudyError(Problem(f"cannot write to {folder}: {reason}", file=where)) from None
+
+
+def metric_names(space: Space) -> list[str]:
+    return ["val_accuracy"] + [OBJECTIVE_METRICS[o] for o in space.search.objectives]
+
+
+def directions(space: Space) -> list[str]:
+    return ["maximize"] + ["minimize"] * len(space.search.objectives)
+
+
+def open_existing_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                        allow_space_change: bool = False) -> optuna.Study | None:
+    """The study of ``space`` if it exists (checked against the space), else ``None``; creates nothing."""
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    store = open_storage(url)
+    with quiet_optuna():
+        if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
+    return None
+
+
+def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_change: bool, *,
+                  update: bool) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=store)
+    new_hash = space_hash(space)
+    old_hash = study.user_attrs.get(ATTR_HASH)
+    # Another worker may have created the study an instant ago and not yet written its attributes: wait for them.
+    deadline = time.monotonic() + CREATE_WAIT_SECONDS
+    while old_hash is None and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
+        old_hash = study.user_attrs.get(ATTR_HASH)
+    if old_hash is None:
+        raise StudyError(Problem(f"study {name!r} in {url} was not made by autokd; choose another name with --study",
+                                 file="--study"))
+    if [d.name.lower() for d in study.directions] != directions(space):
+        raise StudyError(Problem(f"study {name!r} in {url} optimizes {len(study.directions)} objectives, this space "
+                                 f"{len(directions(space))}; use --study NEW_NAME", file="search.objectives"))
+    if old_hash != new_hash:
+        if not allow_space_change:
+            raise StudyError(Problem(
+                f"study {name!r} in {url} was created from a different space (hash {old_hash}, now {new_hash}); "
+                "start a new study with --study NEW_NAME or --storage URL, or continue this one with "
+                "--allow-space-change", file=space.source or "space"))
+        if update:
+            history = list(study.user_attrs.get("autokd.space_history", [])) + [old_hash]
+            study.set_user_attr("autokd.space_history", history)
+            study.set_user_attr(ATTR_HASH, new_hash)
+            study.set_user_attr(ATTR_SPACE, to_dict(space))
+    return study
+
+
+def create_or_load_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                         allow_space_change: bool = False) -> optuna.Study:
+    """The study of ``space``: created on first use, loaded (and checked against the space) afterwards."""
+    from autokd.study.sampler import make_sampler  # sampler.py imports this module
+
+    name = study_name or space.name
+    url = storage or default_storage(name)
+    store = open_storage(url)
+    with quiet_optuna():
+        if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
+        try:
+            study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
+                                        sampler=make_sampler(space))
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it first: use theirs
+            return _checked_load(space, store, url, name, allow_space_change, update=True)
+        study.set_metric_names(metric_names(space))
+        study.set_user_attr(ATTR_SPACE, to_dict(space))
+        study.set_user_attr(ATTR_HASH, space_hash(space))
+        study.set_user_attr(ATTR_VERSION, __version__)
+        return study
+
+
+def load_study(*, storage: str, study_name: str) -> tuple[optuna.Study, Space]:
+    """Load an existing autokd study and the space it was made from (for reports)."""
+    store = open_storage(storage, create=False)
+    with quiet_optuna():
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)]
+        if study_name not in names:
+            raise StudyError(Problem(f"no study {study_name!r} in {storage}{hint(study_name, names)}",
+                                     file="--study"))
+        study = optuna.load_study(study_name=study_name, storage=store)
+    data = study.user_attrs.get(ATTR_SPACE)
+    if data is None:
+        raise StudyError(Problem(f"study {study_name!r} was not made by autokd", file="--study"))
+    return study, space_from_dict(data)
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts

@@ -1,0 +1,54 @@
+"""KD twins: the same settings and seed with ``distill.kd`` flipped, enqueued once for every COMPLETE trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autokd.progress import ProgressCallback, silent
+from autokd.space import Space, dimensions
+from autokd.study.storage import quiet_optuna
+
+
+KD_PARAM = "distill.kd"
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def twin_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The same parameters with ``distill.kd`` flipped."""
+    if KD_PARAM not in params:
+        raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
+    return {**params, KD_PARAM: not params[KD_PARAM]}
+
+
+def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
+    """Enqueue the KD twin of every COMPLETE trial that has none (in any state); returns their originals' numbers.
+
+    A twin that FAILED is not enqueued again (a broken configuration would otherwise loop forever); trials that
+    died with their worker are re-enqueued by :func:`recover_stale_trials` instead.
+    """
+    trials = study.get_trials(deepcopy=False)
+    seen = {_params_key(t.params) for t in trials}
+    seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    done = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or KD_PARAM not in t.params:
+            continue
+        twin = twin_params(t.params)
+        if _params_key(twin) in seen:
+            continue
+        with quiet_optuna():
+            study.enqueue_trial(twin, user_attrs={"twin_of": t.number})
+        seen.add(_params_key(twin))
+        done.append(t.number)
+        progress("study.enqueue", number=t.number, reason="twin")
+    return done
+
+
+def kd_searched(space: Space) -> bool:
+    return any(d.path == KD_PARAM for d in dimensions(space))
