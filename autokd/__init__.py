@@ -24,7 +24,7 @@ _EXPORTS = {
     "TrialConfig": "autokd.sampling", "sample": "autokd.sampling",
     "load_dataset": "autokd.data", "build_model": "autokd.models",
     "kd_loss": "autokd.distill", "get_teacher": "autokd.teacher",
-    "run_config": "autokd.objective", "load_trial_model": "autokd.objective",
+    "run_config": "autokd.objective", "load_trial_model": "autokd.study",
     "run_search": "autokd.study", "create_or_load_study": "autokd.study", "load_study": "autokd.study",
     "trial_records": "autokd.study",
     "pareto_info": "autokd.report", "study_report": "autokd.report", "kd_analysis": "autokd.report.kd_gain",

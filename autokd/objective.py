@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,6 +29,7 @@ from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
+from autokd.models.saved import architecture, model_bytes
 from autokd.progress import ProgressCallback, silent
 from autokd.sampling import TrialConfig, sample
 from autokd.space import Choices, Space
@@ -157,31 +157,17 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     return TrialOutcome(model, metrics)
 
 
-def save_trial_model(path: Path, model: nn.Module, *, number: int, params: dict, settings: dict,
-                     metrics: dict, repeat: int = 0) -> None:
-    """Save a trained trial (whole module, so pruned/quantized shapes survive) with its settings, atomically.
-
-    ``repeat`` says which repeat's weights these are (``metrics`` holds the mean and every repeat's metrics)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save({"format": TRIAL_FORMAT, "number": number, "params": params, "settings": settings,
-                    "metrics": metrics, "repeat": repeat, "model": model.cpu()}, tmp)
-        os.replace(tmp, path)
-    finally:  # a failed save (disk full, ...) leaves no partial file behind
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_trial_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model saved by a search: ``(model in eval mode, record with params/settings/metrics)``.
-
-    The file holds a pickled module, so only load files you (or your search) wrote.
-    """
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
-    model = blob.pop("model")
-    model.eval()
-    return model, blob
+def saved_model(model: nn.Module, cfg: TrialConfig, data: Splits, *, number: int, metrics: dict,
+                repeat: int = 0) -> bytes:
+    """The saved form of a trained trial (see :mod:`autokd.models.saved`): weights, the layer table that rebuilds
+    the pruned/quantized model, and the trial's params, settings and metrics (``repeat``: whose weights)."""
+    arch = cfg.model.model_dump(mode="json")
+    family = arch.pop("family")
+    rebuild = architecture(model, family=family, arch=arch, num_classes=data.num_classes,
+                           in_channels=data.in_channels)
+    return model_bytes(model, arch=rebuild, record={"number": number, "params": dict(cfg.params),
+                                                     "settings": cfg.settings(), "metrics": metrics,
+                                                     "repeat": repeat})
 
 
 def duplicate_of(trial: Any, params: dict[str, Any]) -> int | None:
@@ -213,8 +199,9 @@ def mean_metrics(per_repeat: list[dict[str, float]]) -> dict[str, Any]:
 class Objective:
     """The callable given to ``study.optimize``: one trial end to end."""
 
-    def __init__(self, space: Space, inputs: TrialInputs, *, device: str | torch.device, artifacts: Path | None,
+    def __init__(self, space: Space, inputs: TrialInputs, *, device: str | torch.device, artifacts: Any = None,
                  progress: ProgressCallback = silent):
+        """``artifacts``: an Optuna artifact store for the trained models (None: models are not kept)."""
         self.space, self.inputs = space, inputs
         self.device, self.artifacts, self.progress = device, artifacts, progress
         self.current: int | None = None  # the number of the trial this worker is running (or ran last)
@@ -227,8 +214,8 @@ class Objective:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (the CLI's Terminated carries its own reason)
+            trial.set_user_attr("fail_reason", getattr(exc, "reason", "interrupted (Ctrl-C)"))
             raise
         except Exception as exc:  # recorded on the trial whatever stage raised it (Optuna then marks it FAIL)
             reason = f"{type(exc).__name__}: {exc}"
@@ -257,10 +244,10 @@ class Objective:
         trial.set_user_attr("seconds", round(seconds, 3))
         if self.inputs.teacher is not None and cfg.distill.kd:
             trial.set_user_attr("teacher", self.inputs.teacher.key)
-        if self.artifacts is not None:
-            path = self.artifacts / "trials" / f"{trial.number}.pt"
-            save_trial_model(path, outcome.model, number=trial.number, params=cfg.params, settings=cfg.settings(),
-                             metrics=metrics, repeat=0)
-            trial.set_user_attr("model_path", str(path))
+        if self.artifacts is not None:  # a failed upload (disk full, ...) fails the trial with the reason
+            from autokd.study.artifacts import MODEL_ATTR, upload_bytes  # study/ imports this module
+
+            blob = saved_model(outcome.model, cfg, self.inputs.data, number=trial.number, metrics=metrics)
+            trial.set_user_attr(MODEL_ATTR, upload_bytes(self.artifacts, trial, blob, f"trial-{trial.number}.pt"))
         self.progress("trial.done", number=trial.number, metrics=metrics, seconds=seconds, params=cfg.params)
         return [metrics["val_accuracy"]] + [metrics[OBJECTIVE_METRICS[o]] for o in self.space.search.objectives]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from autokd.data import load_dataset
-from autokd.objective import Objective, load_trial_model, mean_metrics, prepare_inputs, run_config
+from autokd.objective import Objective, mean_metrics, prepare_inputs, run_config
+from autokd.study import load_trial_model, open_artifact_store
 from autokd.report.pairing import pair_trials
 from autokd.sampling import TrialConfig
 from autokd.space import resolve, space_from_dict
@@ -63,7 +64,8 @@ def test_a_trial_reports_the_mean_and_keeps_each_repeat(setup, tmp_path):
     study = optuna.create_study(directions=["maximize", "minimize"])
     for kd in (True, False):
         study.enqueue_trial({"distill.kd": kd}, user_attrs={"twin_of": 0} if not kd else None)
-    objective = Objective(sp, inputs, device="cpu", artifacts=tmp_path)
+    store = open_artifact_store(tmp_path)
+    objective = Objective(sp, inputs, device="cpu", artifacts=store)
     study.optimize(objective, n_trials=2)
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
@@ -73,7 +75,7 @@ def test_a_trial_reports_the_mean_and_keeps_each_repeat(setup, tmp_path):
         assert m["val_accuracy"] == pytest.approx(sum(r["val_accuracy"] for r in m["repeats"]) / 2)
         assert t.values[0] == pytest.approx(m["val_accuracy"])  # the sampler sees one value: the mean
         assert t.user_attrs["model_repeat"] == 0
-        model, record = load_trial_model(t.user_attrs["model_path"])
+        model, record = load_trial_model(t, artifacts=store)
         assert record["repeat"] == 0 and len(record["metrics"]["repeats"]) == 2
     # Twins pair repeat by repeat: the gain of repeat r is KD-on repeat r minus KD-off repeat r.
     (pair,) = pair_trials(trial_records(study)).pairs

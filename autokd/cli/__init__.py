@@ -38,6 +38,8 @@ app = typer.Typer(
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the worker's own trial is re-queued) but exiting 143."""
 
+    reason = "terminated (SIGTERM)"  # recorded on the interrupted trial and its re-queued retry
+
 
 terminated = threading.Event()  # typer turns every KeyboardInterrupt into exit code 130: remember which it was
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -14,16 +16,30 @@ from autokd.cli.common import CacheDirOpt, MarginOpt, SetOpt, SpaceArg, StorageO
 from autokd.space import load_space
 
 
-class RichProgress:
-    """Turns the stages' progress events into rich bars and a few printed lines."""
+def make_bars(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
 
-    def __init__(self, console: Console):
+
+class RichProgress:
+    """Turns the stages' progress events into rich bars and a few printed lines.
+
+    With ``--workers N`` one view shows every worker: the workers' views share ``bars`` and the study bar (held
+    in ``shared``), and each prefixes its lines and bars with ``prefix`` (e.g. "w1 ")."""
+
+    def __init__(self, console: Console, *, bars: Progress | None = None, prefix: str = "",
+                 shared: dict[str, Any] | None = None):
         self.console = console
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                             transient=False)
-        self.study_task = None
+        self.bars = bars if bars is not None else make_bars(console)
+        self.prefix = prefix
+        self.shared = shared if shared is not None else {}
         self.inner = None
+        self.current: int | None = None
+        self.settings = ""
+
+    @property
+    def study_task(self) -> Any:
+        return self.shared.get("study_task")
 
     def __enter__(self) -> RichProgress:
         self.bars.__enter__()
@@ -35,17 +51,34 @@ class RichProgress:
     def _inner(self, description: str, total: int) -> None:
         if self.inner is not None:
             self.bars.remove_task(self.inner)
-        self.inner = self.bars.add_task(description, total=total)
+        self.inner = self.bars.add_task(self.prefix + description, total=total)
+
+    def log(self, line: str) -> None:
+        self.bars.console.print(self.prefix + line if self.prefix else line)
 
     def __call__(self, event: str, **d: Any) -> None:
-        log = self.bars.console.print
+        log = self.log
         if event == "study.resume":
+            if self.study_task is not None:  # another worker of this view already said it
+                return
             if d["trials"]:
                 log(f"Resuming study [bold]{d['study']}[/] ({d['storage']}): {d['complete']}/{d['target']} "
                     "complete trials.")
             else:
                 log(f"New study [bold]{d['study']}[/] in {d['storage']}.")
-            self.study_task = self.bars.add_task("study", total=d["target"], completed=d["complete"])
+            self.shared["study_task"] = self.bars.add_task("study", total=d["target"], completed=d["complete"])
+        elif event == "study.local_artifacts":
+            log(f"[yellow]Trial models go to {d['path']} on this machine: workers on other machines need a shared "
+                "folder (--artifacts DIR on a shared file system, the same path everywhere).[/]")
+        elif event == "study.neighbours":
+            log(f"[yellow]{d['workers']} other worker(s) of this study run on this host ({d['cores']} cores); this "
+                f"one uses {d['threads']} thread(s). Give each worker --threads {d['suggested']}, or start them all "
+                "with one command: --workers N.[/]")
+        elif event == "trial.taken":
+            log(f"[yellow]Trial {d['number']} of this worker was marked {d['state']} by another worker "
+                f"({d.get('reason') or 'no reason given'}); its retry is queued. Going on.[/]")
+        elif event == "teacher.wait":
+            log("Another worker is training this teacher; waiting for it (it is trained once).")
         elif event == "study.stale":
             log(f"[yellow]Trial {d['number']} was left running by a process that died; marked FAIL and queued "
                 "again.[/]")
@@ -73,9 +106,8 @@ class RichProgress:
                 + (" (more than 5 pts below its clean accuracy: its soft targets over the views are often wrong)"
                    if gap > 0.05 else "") + ".[/]")
         elif event == "trial.start":
-            settings = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in d["params"].items())
             self.current = d["number"]
-            self.settings = settings
+            self.settings = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in d["params"].items())
         elif event == "trial.phase":
             rep = f" (repeat {d['repeat'] + 1}/{d['repeats']})" if d.get("repeats", 1) > 1 else ""
             self._inner(f"trial {self.current} {d['phase']}{rep}", d["epochs"])
@@ -86,6 +118,8 @@ class RichProgress:
             log(f"trial {d['number']:>3}: val {100 * m['val_accuracy']:5.1f}%  test {100 * m['test_accuracy']:5.1f}%"
                 f"  {m['flops'] / 1e6:7.2f} MFLOPs  {d['seconds']:5.1f}s  [dim]{self.settings}[/]")
             # Progress.tasks is a list (task ids are not indices once tasks were removed): look the task up by id.
+            if self.study_task is None:
+                return
             task = next(t for t in self.bars.tasks if t.id == self.study_task)
             # A pending KD twin may take the study one trial past its target.
             self.bars.update(self.study_task, advance=1, total=max(task.total or 0, task.completed + 1))
@@ -126,56 +160,140 @@ def search(
     allow_space_change: bool = typer.Option(False, "--allow-space-change",
                                             help="Continue a study whose space differs from SPACE."),
     margin: MarginOpt = 1.0,
+    artifacts: Optional[Path] = typer.Option(
+        None, "--artifacts", metavar="DIR",
+        help="Optuna artifact store folder for the trained trial models [default: studies/<study>/artifacts "
+             "beside a SQLite file, else studies/<study>/artifacts on this machine: give workers on several "
+             "machines a shared folder]."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, metavar="N",
+                                help="Run N worker processes on this machine on the same study (CPU threads split "
+                                     "between them), with one progress view and one report."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, metavar="T",
+                                          help="torch CPU threads of each worker [default: torch's own with one "
+                                               "worker; cores / N with --workers N]."),
     worker_index: int = typer.Option(0, "--worker-index", min=0, metavar="I",
                                      help="This worker's index when several run on one study (each a different "
-                                          "number), so their samplers do not propose the same trials."),
+                                          "number), so their samplers do not propose the same trials; --workers "
+                                          "N gives its workers 0..N-1."),
+    progress_json: bool = typer.Option(False, "--progress-json", hidden=True,
+                                       help="Write progress events as JSON lines on stdout (for --workers)."),
 ) -> int:
     """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
-    Pareto report."""
-    from autokd.report.render import print_report
-    from autokd.study import build_report, run_search
+    Pareto report.
 
+    Many workers: run this same command on every machine (or GPU) against one --storage postgresql://... (each
+    with its own --worker-index), or --workers N on one machine. The study ends with between n_trials and
+    n_trials + 2*workers - 1 COMPLETE trials (each worker's last trial and its KD twin finish)."""
     sp = load_space(space, overrides=set_ or [])
-    console = Console()
-    with RichProgress(console) as ui:
-        result = run_search(sp, storage=storage, study_name=study, timeout=timeout, device=device,
-                            cache_dir=cache_dir, allow_space_change=allow_space_change, worker_index=worker_index,
-                            progress=stop_on_sigterm(ui))
-    st = result.study
-    info = build_report(st, sp, margin=margin)
-    if result.complete:
-        print_report(info, console)
-    # The commands to see the report again and to continue are rebuilt from this command's own options.
-    which = [str(space), *[a for s in set_ or [] for a in ("--set", s)], *(["--storage", storage] if storage else []),
-             *(["--study", study] if study else [])]
-    again = ["autokd", "report", *which]
-    err = Console(stderr=True)
-    if result.stopped == "max_failures":
-        err.print(f"[red]error: stopped after {result.failed_this_run} failed trials (search.max_failures); "
-                  f"last error: {result.last_error}[/]")
-        return 1
-    if result.complete == 0 and result.failed_this_run:
-        err.print(f"[red]error: every trial failed; last error: {result.last_error}[/]")
-        return 1
-    if result.stopped == "duplicates":
-        from autokd.study import MAX_DUPLICATES_IN_A_ROW
+    options = SearchOptions(space=space, sets=list(set_ or []), storage=storage, study=study, timeout=timeout,
+                            device=device, cache_dir=cache_dir, allow_space_change=allow_space_change, margin=margin,
+                            artifacts=artifacts, threads=threads, worker_index=worker_index)
+    if workers > 1:
+        from autokd.cli.workers import run_workers
 
-        console.print(f"[yellow]Stopped with {result.complete}/{result.target} complete trials: the sampler proposed "
+        return run_workers(sp, options, workers)
+    if progress_json:
+        return _run_worker_json(sp, options)
+    console = Console()
+    from autokd.study import run_search
+
+    with RichProgress(console) as ui:
+        result = run_search(sp, progress=stop_on_sigterm(ui), **options.search_kwargs())
+    return finish(sp, options, console, complete=result.complete, target=result.target, stopped=result.stopped,
+                  failed=result.failed_this_run, last_error=result.last_error, ran=result.ran_this_run,
+                  storage_url=result.storage, study=result.study)
+
+
+@dataclass
+class SearchOptions:
+    """The options of one ``autokd search`` command, to rebuild the commands it prints and its workers'."""
+
+    space: Path
+    sets: list[str]
+    storage: str | None
+    study: str | None
+    timeout: float | None
+    device: str
+    cache_dir: Path | None
+    allow_space_change: bool
+    margin: float
+    artifacts: Path | None
+    threads: int | None
+    worker_index: int
+
+    def search_kwargs(self) -> dict[str, Any]:
+        return {"storage": self.storage, "study_name": self.study, "timeout": self.timeout, "device": self.device,
+                "cache_dir": self.cache_dir, "allow_space_change": self.allow_space_change,
+                "worker_index": self.worker_index, "artifacts": self.artifacts, "threads": self.threads}
+
+    def which(self) -> list[str]:
+        """The arguments that name the study: SPACE, --set, --storage, --study."""
+        return [str(self.space), *[a for s in self.sets for a in ("--set", s)],
+                *(["--storage", self.storage] if self.storage else []), *(["--study", self.study] if self.study else [])]
+
+    def search_args(self, *, workers: int = 1) -> list[str]:
+        """The arguments of ``autokd search`` that repeat this command (without --worker-index when 0)."""
+        return [*self.which(), *(["--timeout", f"{self.timeout:g}"] if self.timeout else []),
+                *(["--device", self.device] if self.device != "auto" else []),
+                *(["--cache-dir", str(self.cache_dir)] if self.cache_dir else []),
+                *(["--allow-space-change"] if self.allow_space_change else []),
+                *(["--artifacts", str(self.artifacts)] if self.artifacts else []),
+                *(["--workers", str(workers)] if workers > 1 else []),
+                *(["--threads", str(self.threads)] if self.threads else []),
+                *(["--worker-index", str(self.worker_index)] if self.worker_index else []),
+                *(["--margin", f"{self.margin:g}"] if self.margin != 1.0 else [])]
+
+
+def _run_worker_json(sp: Any, options: SearchOptions) -> int:
+    """One worker of ``--workers N``: progress events as JSON lines on stdout, the outcome as the last event."""
+    import json
+
+    from autokd.study import run_search
+
+    def emit(event: str, **d: Any) -> None:
+        try:
+            print(json.dumps({"event": event, **d}, default=str), flush=True)
+        except (OSError, ValueError):  # the parent is gone: keep working, stop reporting
+            pass
+
+    result = run_search(sp, progress=stop_on_sigterm(emit), **options.search_kwargs())
+    emit("search.result", complete=result.complete, target=result.target, stopped=result.stopped,
+         failed=result.failed_this_run, last_error=result.last_error, ran=result.ran_this_run,
+         storage=result.storage)
+    return 0
+
+
+def finish(sp: Any, options: SearchOptions, console: Console, *, complete: int, target: int, stopped: str,
+           failed: int, last_error: str | None, ran: int, storage_url: str, workers: int = 1,
+           study: Any = None) -> int:
+    """Print the report and the closing line of a search; its exit code."""
+    from autokd.report.render import print_report
+    from autokd.study import MAX_DUPLICATES_IN_A_ROW, build_report, load_study
+
+    st = study if study is not None else load_study(storage=storage_url, study_name=options.study or sp.name)[0]
+    if complete:
+        print_report(build_report(st, sp, margin=options.margin), console)
+    err = Console(stderr=True)
+    if stopped == "max_failures":
+        err.print(f"[red]error: stopped after {failed} failed trials (search.max_failures); last error: "
+                  f"{last_error}[/]")
+        return 1
+    if complete == 0 and failed:
+        err.print(f"[red]error: every trial failed; last error: {last_error}[/]")
+        return 1
+    if stopped == "duplicates":
+        console.print(f"[yellow]Stopped with {complete}/{target} complete trials: the sampler proposed "
                       f"{MAX_DUPLICATES_IN_A_ROW} trials in a row that had already run (the space is nearly "
                       "exhausted); widen the space or lower search.n_trials.[/]")
         return 0
-    if result.stopped == "timeout":
-        resume = ["autokd", "search", *which, "--timeout", f"{timeout:g}",
-                  *(["--device", device] if device != "auto" else []),
-                  *(["--cache-dir", str(cache_dir)] if cache_dir else []),
-                  *(["--allow-space-change"] if allow_space_change else []),
-                  *(["--worker-index", str(worker_index)] if worker_index else []),
-                  *(["--margin", f"{margin:g}"] if margin != 1.0 else [])]
-        console.print(f"Stopped at --timeout with {result.complete}/{result.target} complete trials; rerun to "
-                      f"continue: {shlex.join(resume)}")
+    if stopped == "timeout":
+        resume = ["autokd", "search", *options.search_args(workers=workers)]
+        console.print(f"Stopped at --timeout with {complete}/{target} complete trials; rerun to continue: "
+                      f"{shlex.join(resume)}")
         return 0
-    extra = " (one past the target: a pending KD twin completed the last pair)" \
-        if result.complete > result.target and result.ran_this_run else ""
-    console.print(f"Done: {result.complete} complete trials (target {result.target}){extra} in {result.storage}, "
-                  f"study {st.study_name}. See the report again with: {shlex.join(again)}")
+    extra = f" ({complete - target} past the target: pending KD twins completed their pairs)" \
+        if complete > target and ran else ""
+    again = ["autokd", "report", *options.which()]
+    console.print(f"Done: {complete} complete trials (target {target}){extra} in {storage_url}, study "
+                  f"{st.study_name}. See the report again with: {shlex.join(again)}")
     return 0

@@ -135,7 +135,7 @@ class QuantLinear(_FakeQuant, nn.Linear):
 _WRAPPABLE = (nn.Conv2d, nn.Linear, QuantConv2d, QuantLinear)
 
 
-def _wrap(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
+def wrap_layer(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
     """A wrapper sharing ``module``'s parameters (same tensors, same device) and attributes."""
     if isinstance(module, _FakeQuant):
         module.set_bits(w_bits, a_bits)
@@ -201,12 +201,12 @@ def quantize_model(model: nn.Module, *, bits: int, act_bits: int | None = None, 
         return (first_last_bits, first_last_bits) if id(m) in special else (bits, act_bits)
 
     if type(model) in _WRAPPABLE:
-        return _wrap(model, *bits_of(model))
+        return wrap_layer(model, *bits_of(model))
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) in _WRAPPABLE:
                 if id(child) not in done:
-                    done[id(child)] = _wrap(child, *bits_of(child))
+                    done[id(child)] = wrap_layer(child, *bits_of(child))
                 setattr(parent, name, done[id(child)])
     return model
 

@@ -8,8 +8,6 @@ SIGTERM) re-queues its own trial, never another's.
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 import optuna
@@ -20,53 +18,74 @@ from autokd.progress import ProgressCallback, silent
 from autokd.study.storage import quiet_optuna
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+MAX_RETRIES = 2  # a configuration whose worker died this many times in a row is not queued again (it may be the cause)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, *, fail: bool = True,
+            counts: bool = True) -> bool:
+    """Fail ``trial`` (when ``fail``: it is RUNNING) and enqueue its parameters again, once: the one retry
+    mechanism, whoever found the trial dead (the local check, the storage's heartbeat, an interrupted worker).
+
+    Moving the trial out of RUNNING is the claim: the storage refuses a second transition
+    (``UpdateFinishedTrialError``), so when two workers find the same dead trial only one enqueues it.
+    ``counts``: whether this retry counts toward :data:`MAX_RETRIES` (a death does; a Ctrl-C does not).
+    Returns whether this call re-queued it."""
+    with quiet_optuna():
+        if fail:
+            try:
+                # Private API: Optuna has no public way to fail another process's RUNNING trial.
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+                if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    return False
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return False  # another worker (or the heartbeat) got there first and re-queued it
+        if not trial.params:
+            return False
+        retries = int(trial.user_attrs.get("retry_count", 0))
+        if counts and retries >= MAX_RETRIES:
+            return False
+        study.enqueue_trial(trial.params,
+                            user_attrs={**_retry_attrs(trial, reason), "retry_count": retries + int(counts)})
     return True
 
 
+def stale_trial_callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's ``heartbeat_stale_trial_callback``: the storage already failed ``trial`` (its heartbeat is older
+    than the grace period; it won the transition), so only the re-queue is left."""
+    requeue(study, trial, "worker stopped sending heartbeats (stale trial)", fail=False)
+
+
 def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
-    """Fail RUNNING trials whose worker process on this host is gone, and enqueue their parameters again."""
-    host = socket.gethostname()
+    """Fail RUNNING trials whose worker process is known dead and enqueue their parameters again.
+
+    Known dead only for workers of this host, boot and PID namespace whose process is gone (:func:`worker.is_dead`):
+    containers share a hostname and a boot id, so hostname + pid alone proves nothing. Every other RUNNING trial is
+    left to the storage's heartbeat (:func:`stale_trial_callback`)."""
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "worker_id" in t.user_attrs:  # host, boot, PID namespace, pid and start time (autokd.worker)
-            if worker.is_dead(t.user_attrs["worker_id"]) is not True:
-                continue  # alive, or not ours to judge (the heartbeat will)
-        else:  # trials of an older autokd: "host:pid" only
-            whost, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-            if whost != host or not pid.isdigit() or _pid_alive(int(pid)) and int(pid) != os.getpid():
-                continue
-        with quiet_optuna():
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died (stale trial)")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, "worker process died"))
-        recovered.append(t.number)
-        progress("study.stale", number=t.number)
+        if worker.is_dead(t.user_attrs.get("worker_id")) is not True:
+            continue  # alive, or not ours to judge (the heartbeat will)
+        if requeue(study, t, "worker process died (stale trial)"):
+            recovered.append(t.number)
+            progress("study.stale", number=t.number)
     return recovered
 
 
-def _requeue_interrupted(study: optuna.Study, number: int | None) -> None:
+def _requeue_interrupted(study: optuna.Study, number: int | None, reason: str = "interrupted (Ctrl-C)") -> None:
     """After Ctrl-C or SIGTERM, put this worker's interrupted trial ``number`` back in the queue so a rerun starts
     with it (another worker's trials are never touched).
 
-    Optuna has already marked the interrupted trial FAIL (finished trials cannot be changed), so the reason goes on
-    the re-queued trial.
-    """
+    Optuna has normally marked the interrupted trial FAIL already (then only the re-queue is left)."""
+    if number is None:
+        return
     trials = study.get_trials(deepcopy=False)
-    if number is None or number >= len(trials):
+    if number >= len(trials):
         return
     t = trials[number]
     if t.state == TrialState.RUNNING:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    if t.state in (TrialState.FAIL, TrialState.RUNNING) and t.params:
-        study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, "interrupted (Ctrl-C)"))
+        requeue(study, t, reason, counts=False)
+    elif t.state == TrialState.FAIL:
+        requeue(study, t, reason, fail=False, counts=False)
 
 
 def _retry_attrs(t: optuna.trial.FrozenTrial, reason: str) -> dict[str, Any]:

@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
+from autokd import worker
 from autokd.data import load_dataset
 from autokd.errors import AutokdError, Problem
 from autokd.objective import Objective, prepare_inputs, view_pool
@@ -23,7 +26,8 @@ from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled
 from autokd.study.recovery import _requeue_interrupted, recover_stale_trials
 from autokd.study.sampler import make_sampler
-from autokd.study.storage import (ATTR_TEACHER, artifacts_dir, count_states, create_or_load_study, default_storage,
+from autokd.study.artifacts import ATTR_ARTIFACTS, default_artifacts_dir, open_artifact_store
+from autokd.study.storage import (ATTR_TEACHER, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
 from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
@@ -68,11 +72,21 @@ class SearchResult:
 
 def run_search(space: Space, *, storage: str | None = None, study_name: str | None = None,
                timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-               allow_space_change: bool = False, worker_index: int = 0,
-               progress: ProgressCallback = silent) -> SearchResult:
-    """Run (or resume) the study of ``space`` until it holds ``search.n_trials`` COMPLETE trials.
+               allow_space_change: bool = False, worker_index: int = 0, artifacts: Any = None,
+               threads: int | None = None, progress: ProgressCallback = silent) -> SearchResult:
+    """Run (or resume) one worker of the study of ``space`` until the study holds ``search.n_trials`` COMPLETE
+    trials (and every KD pair is whole).
 
-    ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds)."""
+    ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds);
+    ``artifacts`` is where trial models go (a folder, or an Optuna artifact store object; default
+    ``studies/<study>/artifacts``); ``threads`` sets torch's intra-op threads of this worker.
+
+    Many workers: each starts a trial while the study holds fewer COMPLETE trials than the target (or a queued
+    twin or retry), so the study ends with between ``n_trials`` and ``n_trials + 2 * workers - 1`` COMPLETE
+    trials: when the target is one away every worker may start a last trial, and each of those has its KD twin.
+    (Waiting for the others' trials instead would hang on a trial left RUNNING by a worker nobody can judge.)"""
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     name = study_name or space.name
     url = storage or default_storage(name)
@@ -97,7 +111,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     # Unwritable places are found before anything is trained (a teacher or a trial would be lost otherwise).
     if kd_possible(space) and not space.distill.teacher.checkpoint:
         ensure_writable(resolve_cache_dir(cache_dir), "--cache-dir")
-    ensure_writable(artifacts_dir(url, name) / "trials", "trial models")
+    store, folder = _artifact_store(artifacts, url, name, progress)
     # Data and teacher problems surface before a new study is created, so a corrected space is not refused later.
     data = load_dataset(space.dataset).to(dev)
     pool = view_pool(space, data)  # before the teacher: with augmentation the teacher trains on it
@@ -109,12 +123,15 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
         prepare(study)
     study.set_user_attr("autokd.dataset_sizes", data.sizes)
+    if folder is not None:
+        study.set_user_attr(ATTR_ARTIFACTS, str(folder))
+    _say_neighbours(study, threads, progress)
 
     study.sampler = make_sampler(space, n_existing=len(study.trials), worker_index=worker_index)
     inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
     if teacher is not None:
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
-    objective = Objective(space, inputs, device=dev, artifacts=artifacts_dir(url, name), progress=progress)
+    objective = Objective(space, inputs, device=dev, artifacts=store, progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0
     with quiet_optuna():
@@ -129,12 +146,17 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 result.stopped = "duplicates"
                 break
             finished: list[optuna.trial.FrozenTrial] = []
+            objective.current = None
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                                callbacks=[lambda _study, trial: finished.append(trial)])
-            except KeyboardInterrupt:
-                _requeue_interrupted(study, objective.current)
+            except KeyboardInterrupt as exc:
+                _requeue_interrupted(study, objective.current, getattr(exc, "reason", "interrupted (Ctrl-C)"))
                 raise
+            except ValueError:  # Optuna: "Cannot tell a FAIL trial": someone failed this worker's trial meanwhile
+                if not _failed_by_another(study, objective.current, progress):
+                    raise
+                continue
             if not finished:  # nothing ran (no trial was started)
                 continue
             last = finished[-1]  # this worker's own trial, never another worker's latest
@@ -151,6 +173,42 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     result.states = count_states(study)
     result.complete = result.states.get("COMPLETE", 0)
     return result
+
+
+def _artifact_store(artifacts: Any, url: str, name: str, progress: ProgressCallback) -> tuple[Any, Path | None]:
+    """(store, its folder or None) for ``artifacts``; a folder is proven writable before anything is trained."""
+    if artifacts is not None and not isinstance(artifacts, (str, Path)):
+        return artifacts, None  # a store object (e.g. Boto3ArtifactStore): used as given
+    folder = Path(artifacts) if artifacts is not None else default_artifacts_dir(url, name)
+    store = open_artifact_store(folder, where="--artifacts" if artifacts is not None else "trial models")
+    if artifacts is None and not url.startswith("sqlite"):
+        progress("study.local_artifacts", path=str(folder))
+    return store, folder
+
+
+def _say_neighbours(study: optuna.Study, threads: int | None, progress: ProgressCallback) -> None:
+    """Tell a worker started by hand that other live workers of the study share its host (and its cores)."""
+    me = worker.identity()
+    others = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ident = t.user_attrs.get("worker_id")
+        if isinstance(ident, dict) and ident.get("pid") != me["pid"] and worker.is_dead(ident) is False:
+            others.add(ident["pid"])
+    if others:
+        cores = os.cpu_count() or 1
+        progress("study.neighbours", workers=len(others), threads=threads or torch.get_num_threads(), cores=cores,
+                 suggested=max(1, cores // (len(others) + 1)))
+
+
+def _failed_by_another(study: optuna.Study, number: int | None, progress: ProgressCallback) -> bool:
+    """Whether this worker's trial ``number`` was finished by someone else (e.g. failed as stale); logged."""
+    if number is None:
+        return False
+    t = study.get_trials(deepcopy=False)[number]
+    if t.state == TrialState.RUNNING:
+        return False
+    progress("trial.taken", number=number, state=t.state.name, reason=t.user_attrs.get("fail_reason"))
+    return True
 
 
 def _work_left(study: optuna.Study, target: int, twins: bool) -> bool:

@@ -37,6 +37,7 @@ ATTR_HASH = "autokd.space_hash"
 ATTR_VERSION = "autokd.version"
 
 
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial without a heartbeat for 2 min is a dead worker's
 CREATE_WAIT_SECONDS = 10.0  # how long a loader waits for a just-created study's autokd attributes
 
 
@@ -62,14 +63,6 @@ def default_storage(name: str) -> str:
     return f"sqlite:///{STUDIES_DIR / name}.db"
 
 
-def artifacts_dir(storage_url: str, study_name: str) -> Path:
-    """Where trial models go: beside a SQLite file (``studies/<study>/``), else ``studies/<study>/``."""
-    if storage_url.startswith("sqlite:///"):
-        db = Path(storage_url.removeprefix("sqlite:///"))
-        return db.parent / study_name
-    return STUDIES_DIR / study_name
-
-
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL, turning every failure into one ``--storage`` line."""
     if "://" not in url:
@@ -83,11 +76,15 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             raise StudyError(Problem(f"{db} is a directory, not a SQLite file", file="--storage"))
         if create:
             ensure_writable(db.parent, "--storage")
+    from autokd.study.recovery import stale_trial_callback  # recovery.py imports this module
+
     try:
         with quiet_optuna():
+            # The heartbeat finds workers dead on other machines; the one retry mechanism is autokd's re-queue
+            # (not also Optuna's RetryHeartbeatStaleTrialCallback, which would enqueue a second copy).
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=30, grace_period=120,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=stale_trial_callback,
                 engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
     except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -76,19 +76,25 @@ def test_search_stores_two_complete_trials_with_settings_and_metrics(searched):
             assert t.user_attrs["teacher"]
 
 
-def test_search_saves_the_trained_models(searched, tiny_space_data):
+def test_search_saves_the_trained_models_in_the_artifact_store(searched, tiny_space_data):
+    import optuna
+
     from autokd.data import load_dataset
     from autokd.measure import accuracy, flops
-    from autokd.objective import load_trial_model
     from autokd.space import space_from_dict
+    from autokd.study import load_study, load_trial_model
 
     folder, url, _, _ = searched
     data = load_dataset(space_from_dict(tiny_space_data).dataset)
+    study, _ = load_study(storage=url, study_name="tiny")
+    assert Path(study.user_attrs["autokd.artifacts"]) == folder / "tiny" / "artifacts"
     for t in trials_of(url):
-        path = folder / "tiny" / "trials" / f"{t.number}.pt"
-        assert path.is_file()
-        assert Path(t.user_attrs["model_path"]) == path
-        model, record = load_trial_model(path)
+        artifact = t.user_attrs["model_artifact"]
+        assert (folder / "tiny" / "artifacts" / artifact).is_file()
+        # recorded as an Optuna artifact of the trial (what optuna-dashboard lists)
+        (meta,) = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        assert meta.artifact_id == artifact and meta.filename == f"trial-{t.number}.pt"
+        model, record = load_trial_model(t, study=study)
         assert record["number"] == t.number and record["params"] == t.params
         assert record["metrics"] == t.user_attrs["metrics"]
         assert flops(model, (1, 8, 8)) == t.user_attrs["metrics"]["flops"]
@@ -98,6 +104,7 @@ def test_search_saves_the_trained_models(searched, tiny_space_data):
 def test_search_writes_only_into_its_folder(searched):
     folder, _, _, _ = searched
     assert sorted(p.name for p in folder.iterdir()) == ["space.yaml", "tiny", "x.db"]
+    assert [p.name for p in (folder / "tiny").iterdir()] == ["artifacts"]
 
 
 def test_rerun_runs_no_new_trial(in_search_folder, _main):

@@ -21,7 +21,7 @@ from autokd.space import space_from_dict, space_hash
 from autokd.study import (
     ATTR_HASH,
     ATTR_SPACE,
-    artifacts_dir,
+    default_artifacts_dir,
     count_states,
     create_or_load_study,
     derive_seed,
@@ -45,8 +45,14 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def worker(pid: int, host: str | None = None) -> str:
-    return f"{host or socket.gethostname()}:{pid}"
+def worker(pid: int, host: str | None = None) -> dict:
+    """A worker identity (as recorded on each trial) of process ``pid``, on this host or on ``host``."""
+    from autokd.worker import identity
+
+    ident = identity(pid)
+    if host is not None:
+        ident["host"] = host
+    return ident
 
 
 @pytest.fixture
@@ -161,10 +167,10 @@ def test_storage_creates_missing_folders(tmp_path):
     assert (tmp_path / "a" / "b" / "s.db").exists()
 
 
-def test_artifacts_dir():
-    assert artifacts_dir("sqlite:////tmp/x/s.db", "tiny") == Path("/tmp/x/tiny")
-    assert artifacts_dir("sqlite:///studies/s.db", "tiny") == Path("studies/tiny")
-    assert artifacts_dir("postgresql://u@h/db", "tiny") == Path("studies/tiny")
+def test_default_artifacts_dir():
+    assert default_artifacts_dir("sqlite:////tmp/x/s.db", "tiny") == Path("/tmp/x/tiny/artifacts")
+    assert default_artifacts_dir("sqlite:///studies/s.db", "tiny") == Path("studies/tiny/artifacts")
+    assert default_artifacts_dir("postgresql://u@h/db", "tiny") == Path("studies/tiny/artifacts")
 
 
 # --- stale trials --------------------------------------------------------------------------------
@@ -172,10 +178,12 @@ def test_artifacts_dir():
 DISTS = {"model.width_mult": CategoricalDistribution([0.25, 0.5]), "distill.kd": CategoricalDistribution([True, False])}
 
 
-def running_trial(study, who: str | None):
+def running_trial(study, who: dict | str | None):
     trial = study.ask(DISTS)
-    if who is not None:
-        trial.set_user_attr("worker", who)
+    if isinstance(who, dict):
+        trial.set_user_attr("worker_id", who)
+    elif who is not None:
+        trial.set_user_attr("worker", who)  # what autokd recorded before worker identities
     return trial
 
 
@@ -195,13 +203,16 @@ def test_dead_worker_trial_is_failed_and_requeued(url, tiny_space):
     assert recover_stale_trials(study) == []  # idempotent
 
 
-@pytest.mark.parametrize("who", ["live-other", "other-host", "no-worker", "garbled"])
+@pytest.mark.parametrize("who", ["live-other", "other-host", "no-worker", "garbled", "hostname-and-pid-only"])
 def test_trials_of_live_or_unknown_workers_are_left_alone(url, tiny_space, who):
+    """Only a worker of this host, boot and PID namespace whose process is gone is known dead; hostname + pid
+    alone (what containers sharing a hostname also match) proves nothing: such trials wait for the heartbeat."""
     study = create_or_load_study(space_from_dict(tiny_space), storage=url)
     alive = subprocess.Popen(["sleep", "30"])
     try:
         value = {"live-other": worker(alive.pid), "other-host": worker(dead_pid(), "elsewhere.invalid"),
-                 "no-worker": None, "garbled": "nonsense"}[who]
+                 "no-worker": None, "garbled": "nonsense",
+                 "hostname-and-pid-only": f"{socket.gethostname()}:{dead_pid()}"}[who]
         running_trial(study, value)
         assert recover_stale_trials(study) == []
         assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
@@ -214,7 +225,7 @@ def test_run_search_retries_a_stale_trial_first(url):
     sp = space_from_dict(lr_space(), overrides=["search.n_trials=1"])
     study = create_or_load_study(sp, storage=url)
     stale = study.ask({"train.lr": FloatDistribution(0.01, 0.1, log=True)})
-    stale.set_user_attr("worker", worker(dead_pid()))
+    stale.set_user_attr("worker_id", worker(dead_pid()))
     events = []
     result = run_search(sp, storage=url, device="cpu", progress=lambda e, **d: events.append(e))
     assert "study.stale" in events

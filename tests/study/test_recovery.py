@@ -1,0 +1,75 @@
+"""One retry mechanism for dead workers, whoever finds them: the local check or the storage's heartbeat."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+import autokd.study.storage
+from autokd.space import space_from_dict
+from autokd.study import create_or_load_study, recover_stale_trials
+from autokd.study.recovery import MAX_RETRIES, requeue
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
+              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+DISTS = {"model.width_mult": CategoricalDistribution([0.25, 0.5]), "distill.kd": CategoricalDistribution([True, False])}
+
+
+@pytest.fixture
+def study(tmp_path, tiny_space):
+    return create_or_load_study(space_from_dict(tiny_space), storage=f"sqlite:///{tmp_path}/s.db")
+
+
+def waiting(study):
+    return [t for t in study.get_trials() if t.state == TrialState.WAITING]
+
+
+def test_two_finders_of_one_dead_trial_enqueue_it_once(study):
+    trial = study.ask(DISTS)
+    frozen = study.get_trials()[trial.number]
+    assert requeue(study, frozen, "worker process died") is True
+    assert requeue(study, frozen, "worker process died") is False  # the second finder lost the transition
+    (retry,) = waiting(study)
+    assert retry.user_attrs["retry_of"] == trial.number and retry.user_attrs["retry_count"] == 1
+
+
+def test_a_configuration_that_keeps_killing_its_worker_is_not_retried_forever(study):
+    for attempt in range(MAX_RETRIES + 1):
+        trial = study.ask(DISTS)  # the first time sampled, then the queued retry
+        frozen = study.get_trials()[trial.number]
+        queued = requeue(study, frozen, "worker process died")
+        assert queued == (attempt < MAX_RETRIES)
+    assert waiting(study) == []
+    assert len({tuple(sorted(t.params.items())) for t in study.get_trials()}) == 1
+
+
+def test_ctrl_c_retries_do_not_count_toward_the_limit(study):
+    trial = study.ask(DISTS)
+    frozen = study.get_trials()[trial.number]
+    assert requeue(study, frozen, "interrupted (Ctrl-C)", counts=False)
+    assert waiting(study)[0].user_attrs["retry_count"] == 0
+
+
+def test_the_heartbeat_finds_a_silent_worker_and_autokd_requeues_it_once(tmp_path, tiny_space, monkeypatch):
+    """A worker on another machine stops (heartbeat older than the grace period): Optuna fails its trial and
+    autokd's callback queues one retry, not also Optuna's RetryHeartbeatStaleTrialCallback."""
+    monkeypatch.setattr(autokd.study.storage, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(autokd.study.storage, "GRACE_SECONDS", 1)
+    study = create_or_load_study(space_from_dict(tiny_space), storage=f"sqlite:///{tmp_path}/s.db")
+    trial = study.ask(DISTS)
+    trial.set_user_attr("worker_id", {"host": "elsewhere.invalid", "boot": "x", "pidns": 1, "pid": 7,
+                                      "start": "1"})
+    study._storage.record_heartbeat(trial._trial_id)  # private: what a running optimize() does every second
+    assert recover_stale_trials(study) == []  # not this host's to judge
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # a second worker's check changes nothing
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    (retry,) = waiting(study)
+    assert retry.user_attrs["retry_of"] == trial.number and "heartbeat" in retry.user_attrs["retry_reason"]
+    assert "failed_trial" not in retry.system_attrs  # Optuna's own retry callback did not run
