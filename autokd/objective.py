@@ -244,6 +244,8 @@ class Objective:
         trial.set_user_attr("seconds", round(seconds, 3))
         if self.inputs.teacher is not None and cfg.distill.kd:
             trial.set_user_attr("teacher", self.inputs.teacher.key)
+            # the weights themselves: a study's pairs provably share one teacher, whichever worker trained it
+            trial.set_user_attr("teacher_hash", self.inputs.teacher.weights_hash)
         if self.artifacts is not None:  # a failed upload (disk full, ...) fails the trial with the reason
             from autokd.study.artifacts import MODEL_ATTR, upload_bytes  # study/ imports this module
 

@@ -7,7 +7,9 @@
 - ``cli`` runs ``autokd.cli.main`` (the CLI's error boundary) and returns exit code, stdout and stderr;
   ``main_runner`` does the same by redirection, for fixtures wider than a function;
 - ``runner`` is typer's CliRunner (it bypasses ``main``: use it for happy-path output of ``autokd.cli.app`` only);
-- torch runs on one intra-op thread during the session (tiny models on a busy 2-core machine).
+- torch runs on one intra-op thread during the session (tiny models on a busy 2-core machine);
+- ``postgres_url`` is a real PostgreSQL database (``$AUTOKD_TEST_POSTGRES``; skipped when unset, failed under
+  ``CI=true``), ``postgres_study`` a study name of its own in it.
 """
 
 from __future__ import annotations
@@ -156,3 +158,59 @@ def runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+POSTGRES_ENV = "AUTOKD_TEST_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a real PostgreSQL database for the tests (``$AUTOKD_TEST_POSTGRES``, e.g.
+    ``postgresql+psycopg://postgres@127.0.0.1:54329/autokd_test``; ``.ci/run`` starts one), checked to answer.
+
+    Unset: the test skips with the reason, except under ``CI=true`` where it fails (CI must run these tests).
+    Set but unusable (no psycopg, no server there): the test fails with the reason."""
+    import os
+
+    url = os.environ.get(POSTGRES_ENV, "")
+    if not url:
+        why = f"{POSTGRES_ENV} is not set: start a server, see README 'Many workers'"
+        if os.environ.get("CI") == "true":  # .ci/run starts a server: its absence there is a failure
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    try:
+        import sqlalchemy
+
+        driver = sqlalchemy.engine.make_url(url).get_driver_name()
+        quick = {"connect_args": {"connect_timeout": 10}} if driver in ("psycopg", "psycopg2") else {}
+        engine = sqlalchemy.create_engine(url, **quick)
+        try:
+            with engine.connect() as con:
+                con.execute(sqlalchemy.text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"{POSTGRES_ENV} is set but {exc.name} is missing: pip install -e '.[postgres]' (make test does)")
+    except Exception as exc:  # sqlalchemy wraps the driver's errors; one line is enough to see why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        pytest.fail(f"{POSTGRES_ENV}={url} does not answer: {reason}")
+    return url
+
+
+@pytest.fixture
+def postgres_study(postgres_url: str):
+    """A study name of its own in the ``postgres_url`` database (``t_<uuid>``: tests, and reruns against the same
+    server, never share a study); the study is deleted afterwards if the test made it."""
+    import uuid
+
+    import optuna
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    storage = optuna.storages.RDBStorage(postgres_url)
+    try:
+        if name in optuna.get_all_study_names(storage):
+            optuna.delete_study(study_name=name, storage=storage)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()

@@ -105,7 +105,10 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     lost = [lp.to_dict() for lp in pairing.lost]
     numbers = [p.numbers for p in kept]
     refused = [lp.to_dict() for lp in pairing.refused]
-    teacher_keys = [str(t["teacher"]) for p in pairs for t in (p.on,) if t.get("teacher")]
+    # the teacher's weight hash when every KD trial has one (autokd >= 0.2), else its cache key (older trials)
+    kd_on = [p.on for p in pairs if p.on.get("teacher")]
+    field = "teacher_hash" if kd_on and all(t.get("teacher_hash") for t in kd_on) else "teacher"
+    teacher_keys = [str(t[field]) for t in kd_on]
     warnings = warnings_for(summary=gain[primary], lost=lost, teacher=teacher, pair_numbers=numbers,
                             collinear=ortho.get("collinear") or [], refused=refused,
                             unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,

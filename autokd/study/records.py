@@ -28,6 +28,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "retry_of": t.user_attrs.get("retry_of"),
             "duplicate_of": t.user_attrs.get("duplicate_of"),
             "teacher": t.user_attrs.get("teacher"),
+            "teacher_hash": t.user_attrs.get("teacher_hash"),
         })
     return records
 

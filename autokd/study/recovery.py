@@ -18,7 +18,7 @@ from autokd.progress import ProgressCallback, silent
 from autokd.study.storage import quiet_optuna
 
 
-MAX_RETRIES = 2  # a configuration whose worker died this many times in a row is not queued again (it may be the cause)
+MAX_RETRIES = 3  # retries of a configuration whose worker keeps dying (it may be the cause, e.g. out of memory)
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, *, fail: bool = True,
