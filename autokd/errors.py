@@ -78,3 +78,7 @@ class StudyError(AutokdError):
 
 class CacheError(AutokdError):
     """A cache or checkpoint file cannot be used."""
+
+
+class TeacherError(AutokdError):
+    """The teacher did not train: its loss or weights became non-finite, or it ended no better than chance."""

@@ -3,10 +3,14 @@
 A callback is ``callback(event: str, **data)``. Events used by the stages:
 
 - ``teacher.start`` (key, epochs, member), ``teacher.epoch`` (epoch, epochs, loss), ``teacher.done`` (source:
-  "cache" | "trained" | "checkpoint", val_accuracy, test_accuracy, path), ``teacher.corrupt`` (path, reason)
+  "cache" | "trained" | "checkpoint", val_accuracy, test_accuracy, path, weights_hash), ``teacher.corrupt`` (path,
+  reason, moved_to, stale: computed on other data), ``teacher.wait`` (key, path, what: another worker holds the
+  lock of this cache file)
 - ``trial.start`` (number, params), ``trial.phase`` (phase, epochs), ``trial.epoch`` (phase, epoch, epochs, loss),
-  ``trial.done`` (number, metrics, seconds), ``trial.fail`` (number, reason)
-- ``study.resume`` (complete, target), ``study.stale`` (number), ``study.enqueue`` (number, reason)
+  ``trial.done`` (number, metrics, seconds), ``trial.fail`` (number, reason), ``trial.duplicate`` (number,
+  duplicate_of), ``trial.taken`` (number, state, reason: another worker finished this worker's trial)
+- ``study.resume`` (complete, target), ``study.stale`` (number), ``study.enqueue`` (number, reason),
+  ``study.local_artifacts`` (path), ``study.neighbours`` (workers, threads, cores, suggested)
 """
 
 from __future__ import annotations

@@ -87,8 +87,9 @@ class RichProgress:
         elif event == "teacher.epoch":
             self.bars.update(self.inner, completed=d["epoch"])
         elif event == "teacher.corrupt":
-            log(f"[yellow]Teacher cache file {d['path']} is unusable ({d['reason']}); moved to {d['moved_to']} "
-                "and retraining.[/]")
+            what = "does not match the data" if d.get("stale") else "is unusable"
+            log(f"[yellow]Teacher cache file {d['path']} {what} ({d['reason']}); moved to {d['moved_to']} and "
+                "computed again.[/]")
         elif event == "teacher.views":
             log(f"Computing the teacher's logits over {d['views']} augmented views per image (once; cached).")
         elif event == "teacher.done":

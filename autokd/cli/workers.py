@@ -81,7 +81,12 @@ def _collect_errors(w: Worker) -> None:
 
 def run_workers(space: Any, options: SearchOptions, n: int) -> int:
     """Start ``n`` workers on the study of ``space``, show their progress, print one report; the exit code."""
+    from autokd.study import default_storage, open_storage
+
     console = Console()
+    # Open (and on first use create) the storage here, once: a bad URL is one line, not one per worker, and the
+    # workers do not all race to create Optuna's tables.
+    open_storage(options.storage or default_storage(options.study or space.name))
     threads = split_threads(n, options.threads)
     if options.worker_index:
         console.print(f"[yellow]--worker-index {options.worker_index} is ignored with --workers: the workers are "

@@ -38,6 +38,7 @@ ATTR_VERSION = "autokd.version"
 
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial without a heartbeat for 2 min is a dead worker's
+SCHEMA_RACE_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
 CREATE_WAIT_SECONDS = 10.0  # how long a loader waits for a just-created study's autokd attributes
 
 
@@ -78,17 +79,32 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             ensure_writable(db.parent, "--storage")
     from autokd.study.recovery import stale_trial_callback  # recovery.py imports this module
 
-    try:
-        with quiet_optuna():
-            # The heartbeat finds workers dead on other machines; the one retry mechanism is autokd's re-queue
-            # (not also Optuna's RetryHeartbeatStaleTrialCallback, which would enqueue a second copy).
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-                engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
-    except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            with quiet_optuna():
+                # The heartbeat finds workers dead on other machines; the one retry mechanism is autokd's re-queue
+                # (not also Optuna's RetryHeartbeatStaleTrialCallback, which would enqueue a second copy).
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=stale_trial_callback,
+                    engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+        except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
+            if _schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables: they exist in a moment
+                continue
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+    raise AssertionError("unreachable")
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Two workers opening a new database at once both create Optuna's tables: the loser's INSERT of the schema
+    version (or CREATE TABLE) fails although the database is fine (measured: 2 workers on a new SQLite file)."""
+    import sqlalchemy.exc
+
+    text = str(exc)
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text or (
+        "alembic_version" in text)
 
 
 def ensure_writable(folder: Path, where: str) -> None:

@@ -38,3 +38,24 @@ def test_a_creator_that_loses_the_race_loads_the_winners_study(tiny_space, tmp_p
     monkeypatch.setattr(autokd.study.storage.optuna.study, "get_all_study_summaries", lambda *a, **k: [])
     loser = create_or_load_study(space, storage=url)
     assert loser._study_id == winner._study_id  # the same study (private id: no public equivalent)
+
+
+def test_workers_opening_a_new_database_at_once_retry_the_schema_race(tmp_path, monkeypatch):
+    """Two workers on a new SQLite file both create Optuna's tables; the loser's IntegrityError is retried, not
+    reported as a bad --storage (measured with --workers 2 before the retry)."""
+    import sqlalchemy.exc
+
+    from autokd.study import open_storage
+
+    real = autokd.study.storage.optuna.storages.RDBStorage
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autokd.study.storage.optuna.storages, "RDBStorage", racing)
+    open_storage(f"sqlite:///{tmp_path}/s.db")
+    assert len(calls) == 2
