@@ -287,6 +287,11 @@ def finish(sp: Any, options: SearchOptions, console: Console, *, complete: int, 
                       f"{MAX_DUPLICATES_IN_A_ROW} trials in a row that had already run (the space is nearly "
                       "exhausted); widen the space or lower search.n_trials.[/]")
         return 0
+    if stopped == "others":
+        console.print(f"This worker is done: the study holds {complete}/{target} complete trials and the trials "
+                      "other workers are running take it to the target (if one of them fails, rerun this "
+                      f"command): {shlex.join(['autokd', 'search', *options.search_args(workers=workers)])}")
+        return 0
     if stopped == "timeout":
         resume = ["autokd", "search", *options.search_args(workers=workers)]
         console.print(f"Stopped at --timeout with {complete}/{target} complete trials; rerun to continue: "

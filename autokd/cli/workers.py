@@ -138,6 +138,10 @@ def _stop(workers: list[Worker], sig: int) -> None:
 
 
 def _conclude(space: Any, options: SearchOptions, console: Console, workers: list[Worker], n: int) -> int:
+    from optuna.trial import TrialState
+
+    from autokd.study import load_study
+
     err = Console(stderr=True)
     codes = [w.process.returncode for w in workers]
     said: dict[str, list[int]] = {}  # workers usually fail alike (a bad path): each line once
@@ -159,8 +163,10 @@ def _conclude(space: Any, options: SearchOptions, console: Console, workers: lis
     last = max(results, key=lambda r: r["complete"])
     failed = sum(r["failed"] for r in results)
     stopped = next((r["stopped"] for r in results if r["stopped"] in ("max_failures", "duplicates", "timeout")),
-                   last["stopped"])
-    code = finish(space, options, console, complete=last["complete"], target=last["target"], stopped=stopped,
+                   "done")  # "others": a worker left the last trials to its siblings, which have ended too
+    final = load_study(storage=last["storage"], study_name=options.study or space.name)[0]
+    complete = sum(t.state == TrialState.COMPLETE for t in final.get_trials(deepcopy=False))
+    code = finish(space, options, console, complete=complete, target=last["target"], stopped=stopped,
                   failed=failed, last_error=next((r["last_error"] for r in results if r["last_error"]), None),
-                  ran=sum(r["ran"] for r in results), storage_url=last["storage"], workers=n)
+                  ran=sum(r["ran"] for r in results), storage_url=last["storage"], workers=n, study=final)
     return code if all(c == 0 for c in codes) else max(code, 1)

@@ -63,7 +63,7 @@ class SearchResult:
     target: int
     failed_this_run: int
     ran_this_run: int
-    stopped: str  # "done" | "timeout" | "max_failures" | "duplicates"
+    stopped: str  # "done" | "timeout" | "max_failures" | "duplicates" | "others" (other workers finish it)
     teacher_source: str | None = None
     teacher_accuracy: float | None = None
     last_error: str | None = None
@@ -81,10 +81,10 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     ``artifacts`` is where trial models go (a folder, or an Optuna artifact store object; default
     ``studies/<study>/artifacts``); ``threads`` sets torch's intra-op threads of this worker.
 
-    Many workers: each starts a trial while the study holds fewer COMPLETE trials than the target (or a queued
-    twin or retry), so the study ends with between ``n_trials`` and ``n_trials + 2 * workers - 1`` COMPLETE
-    trials: when the target is one away every worker may start a last trial, and each of those has its KD twin.
-    (Waiting for the others' trials instead would hang on a trial left RUNNING by a worker nobody can judge.)"""
+    Many workers: each runs queued trials (twins, retries) first, and starts a new sampled trial only while the
+    COMPLETE and RUNNING trials together are fewer than the target; otherwise it stops (``stopped="others"``:
+    the others' running trials take the study to its target). The study ends with between ``n_trials`` and
+    ``n_trials + 2 * workers - 1`` COMPLETE trials: the last sampled trials in flight bring their KD twins."""
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -96,6 +96,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     def prepare(study: optuna.Study) -> bool:
         """Recover stale trials, queue missing twins, report where the study stands; whether work remains."""
         recover_stale_trials(study, progress=progress)
+        with quiet_optuna():  # RDB storages: trials of workers elsewhere whose heartbeat stopped
+            optuna.storages.fail_stale_trials(study)
         if twins:
             enqueue_missing_twins(study, progress=progress)
         result.study, result.states = study, count_states(study)
@@ -144,6 +146,9 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 break
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 result.stopped = "duplicates"
+                break
+            if _others_cover_the_target(study, target):
+                result.stopped = "others"
                 break
             finished: list[optuna.trial.FrozenTrial] = []
             objective.current = None
@@ -198,6 +203,15 @@ def _say_neighbours(study: optuna.Study, threads: int | None, progress: Progress
         cores = os.cpu_count() or 1
         progress("study.neighbours", workers=len(others), threads=threads or torch.get_num_threads(), cores=cores,
                  suggested=max(1, cores // (len(others) + 1)))
+
+
+def _others_cover_the_target(study: optuna.Study, target: int) -> bool:
+    """Nothing queued, and the COMPLETE trials plus the ones other workers are running reach the target: a new
+    trial would only overshoot it, so this worker stops (a trial of theirs that fails is retried by them or by the
+    next run; waiting here instead could hang on a trial nobody will finish)."""
+    states = count_states(study)
+    return (states.get("WAITING", 0) == 0 and states.get("RUNNING", 0) > 0
+            and states.get("COMPLETE", 0) + states.get("RUNNING", 0) >= target)
 
 
 def _failed_by_another(study: optuna.Study, number: int | None, progress: ProgressCallback) -> bool:
