@@ -77,6 +77,8 @@ class RichProgress:
         elif event == "trial.taken":
             log(f"[yellow]Trial {d['number']} of this worker was marked {d['state']} by another worker "
                 f"({d.get('reason') or 'no reason given'}); its retry is queued. Going on.[/]")
+        elif event == "teacher.fetched":
+            log("The teacher another worker trained was fetched from the study's artifact store.")
         elif event == "teacher.wait":
             log("Another worker is training this teacher; waiting for it (it is trained once).")
         elif event == "study.stale":

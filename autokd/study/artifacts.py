@@ -111,3 +111,63 @@ def load_trial_model(source: Any, *, artifacts: Any = None, study: optuna.Study 
         return read_model(path, trust_pickle=trust_pickle)
     return read_model(source, trust_pickle=trust_pickle)
 
+
+
+ATTR_TEACHER_ARTIFACTS = "autokd.teacher_artifacts"  # study user attribute: {teacher cache key: artifact id}
+
+
+def member_keys(space: Any, pool: Any) -> list[str]:
+    """The cache keys of the teacher's members (what :func:`autokd.teacher.get_teacher` reads or trains)."""
+    from autokd.teacher import augment_policy, teacher_key
+
+    policy = augment_policy(space, pool)
+    return [teacher_key(space, i, policy) for i in range(space.distill.teacher.ensemble)]
+
+
+def fetch_teacher(study: optuna.Study | None, store: Any, space: Any, pool: Any, cache_dir: Path) -> list[str]:
+    """Copy teacher members another machine's worker shared (see :func:`share_teacher`) into the local cache
+    when it lacks them, so this worker loads them instead of training again; returns the keys fetched.
+
+    The copy is checked like any cache file when loaded (format, key, data fingerprint)."""
+    if study is None or store is None or space.distill.teacher.checkpoint:
+        return []
+    shared = study.user_attrs.get(ATTR_TEACHER_ARTIFACTS, {})
+    fetched = []
+    for key in member_keys(space, pool):
+        path = cache_dir / f"{key}.pt"
+        if key not in shared or path.exists():
+            continue
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(read_artifact(store, shared[key]))
+            os.replace(tmp, path)
+            fetched.append(key)
+        except Exception:  # a missing or unreadable artifact: the worker trains the teacher itself
+            continue
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return fetched
+
+
+def share_teacher(study: optuna.Study, store: Any, space: Any, pool: Any, cache_dir: Path) -> list[str]:
+    """Upload the local cache files of the teacher's members to the study's artifact store (once per key), so
+    workers on other machines fetch them instead of training the teacher again; returns the keys uploaded."""
+    if store is None or space.distill.teacher.checkpoint:
+        return []
+    shared = dict(study.user_attrs.get(ATTR_TEACHER_ARTIFACTS, {}))
+    uploaded = []
+    for key in member_keys(space, pool):
+        path = cache_dir / f"{key}.pt"
+        if key in shared or not path.is_file():
+            continue
+        shared[key] = optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
+                                                       study_or_trial=study, mimetype="application/octet-stream")
+        uploaded.append(key)
+    if uploaded:
+        # Two workers may upload the same key at once: either copy is the same teacher (training is deterministic
+        # and both are checked when loaded); the last writer's ids stand.
+        study.set_user_attr(ATTR_TEACHER_ARTIFACTS, {**study.user_attrs.get(ATTR_TEACHER_ARTIFACTS, {}), **shared})
+    return uploaded

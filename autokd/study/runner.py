@@ -26,7 +26,8 @@ from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled
 from autokd.study.recovery import _requeue_interrupted, recover_stale_trials
 from autokd.study.sampler import make_sampler
-from autokd.study.artifacts import ATTR_ARTIFACTS, default_artifacts_dir, open_artifact_store
+from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch_teacher, open_artifact_store,
+                                    share_teacher)
 from autokd.study.storage import (ATTR_TEACHER, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
 from autokd.study.twins import enqueue_missing_twins
@@ -119,6 +120,9 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     pool = view_pool(space, data)  # before the teacher: with augmentation the teacher trains on it
     teacher = None
     if kd_possible(space):
+        # A teacher a worker on another machine trained and shared is fetched into the local cache first.
+        if fetch_teacher(study, store, space, pool, resolve_cache_dir(cache_dir)):
+            progress("teacher.fetched", storage=url)
         teacher = get_teacher(space, data, pool=pool, cache_dir=cache_dir, device=dev, progress=progress)
         result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
     if study is None:
@@ -133,6 +137,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
     if teacher is not None:
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
+        share_teacher(study, store, space, pool, resolve_cache_dir(cache_dir))
     objective = Objective(space, inputs, device=dev, artifacts=store, progress=progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0

@@ -172,3 +172,27 @@ def test_the_many_space_is_valid(space_file, tiny_space):
 
     space = load_space(space_file(many_space(tiny_space)))
     assert space.search.n_trials == N_TRIALS
+
+
+def test_a_worker_started_by_hand_is_told_about_its_neighbours(tmp_path, tiny_space):
+    from autokd.progress import EventLog
+    from autokd.space import space_from_dict
+    from autokd.study import create_or_load_study
+    from autokd.study.runner import _say_neighbours
+    from autokd.worker import identity
+
+    study = create_or_load_study(space_from_dict(tiny_space), storage=f"sqlite:///{tmp_path}/s.db")
+    log = EventLog()
+    _say_neighbours(study, None, log)
+    assert log.events == []  # alone
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        trial = study.ask()
+        trial.set_user_attr("worker_id", identity(other.pid))
+        _say_neighbours(study, 2, log)
+    finally:
+        other.kill()
+        other.wait()
+    ((event, data),) = log.events
+    assert event == "study.neighbours" and data["workers"] == 1 and data["threads"] == 2
+    assert data["suggested"] == max(1, (os.cpu_count() or 1) // 2)
