@@ -250,8 +250,13 @@ class SearchOptions:
 def _run_worker_json(sp: Any, options: SearchOptions) -> int:
     """One worker of ``--workers N``: progress events as JSON lines on stdout, the outcome as the last event."""
     import json
+    import signal
 
     from autokd.study import run_search
+
+    # The parent passes Ctrl-C on as SIGINT: make sure it raises here even if this process inherited it ignored
+    # (a parent started in the background by a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def emit(event: str, **d: Any) -> None:
         try:
