@@ -10,8 +10,9 @@ A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low
 The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
 
 Modules by concern: :mod:`~autokd.space.schema` (pydantic models, dimensions, resolving), :mod:`~autokd.space.checks`
-(cross-field rules), :mod:`~autokd.space.yamlio` (YAML with line numbers, ``--set``), :mod:`~autokd.space.messages`
-(both stages into located lines). Everything a caller needs is importable from ``autokd.space``.
+(cross-field rules), :mod:`~autokd.space.memory` (the memory the data needs, against this machine's),
+:mod:`~autokd.space.yamlio` (YAML with line numbers, ``--set``), :mod:`~autokd.space.messages` (both stages into
+located lines). Everything a caller needs is importable from ``autokd.space``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autokd.space.checks import BOUNDS, CHECKS, QUANT_BITS, kd_twins_enabled
+from autokd.space.checks import BOUNDS, CHECKS, MACHINE_CHECKS, QUANT_BITS, check_memory, kd_twins_enabled
+from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memory, memory_limit
 from autokd.space.messages import validate_data
 from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
                                  Range, SearchSpec, Space, TeacherSpec, TrainSpec, dimensions, discrete_size,
                                  is_resolved, resolve, space_hash, to_dict)
 from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 
-__all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "QUANT_BITS", "Choices", "CompressSpec", "DatasetSpec", "Dimension",
-           "DistillSpec", "ModelSpec", "Range", "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "dimensions",
-           "discrete_size", "is_resolved", "kd_twins_enabled", "load_space", "parse_overrides", "parse_yaml_value",
-           "resolve", "space_from_dict", "space_hash", "to_dict", "validate_data"]
+__all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",
+           "CompressSpec", "DatasetSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
+           "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
+           "estimate_memory", "is_resolved", "kd_twins_enabled", "load_space", "memory_limit", "parse_overrides",
+           "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "to_dict", "validate_data"]
 
 
 def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:

@@ -9,6 +9,7 @@ from typing import Any
 
 from autokd.errors import hint
 
+from autokd.space.memory import KNOWN_DATASETS, MemoryLimit, estimate_memory, format_bytes, memory_limit
 from autokd.space.schema import Choices, Range, Space, walk_fields, dimensions
 
 
@@ -170,8 +171,44 @@ def check_compress(space: Space) -> CheckResult:
     return []
 
 
+def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResult:
+    """The data fits in memory: the steady-state estimate of :func:`~autokd.space.memory.estimate_memory` is at
+    most ``limit`` (default: :func:`~autokd.space.memory.memory_limit`, 80% of the available memory or
+    ``$AUTOKD_MEMORY_LIMIT_BYTES``). One line, at the field to change: ``train.augment_views`` when the data
+    without the view pool would fit, else ``dataset.image_size`` (``dataset.limit`` when no size is set)."""
+    limit = limit if limit is not None else memory_limit()
+    if limit is None:
+        return []
+    est = estimate_memory(space)
+    if est is None or est.total <= limit.bytes:
+        return []
+    d, parts = space.dataset, est.parts
+    c, s, _ = est.image_shape
+    native = KNOWN_DATASETS[d.name].side if d.name in KNOWN_DATASETS else None
+    upsampled = bool(d.image_size and native and d.image_size > native)
+    smaller = (f"lower dataset.image_size ({d.name} is {native} px)" if upsampled
+               else "lower dataset.image_size" if d.image_size else f"set dataset.image_size below {s}")
+    views = space.train.augment_views
+    fewer_views = "lower train.augment_views" if views > 1 else "set train.augment: false"
+    fewer_images = "lower dataset.limit" if d.limit else "set dataset.limit"
+    if not upsampled and parts["view pool"] and parts["images"] + parts["teacher logits"] <= limit.bytes:
+        path, remedies = "train.augment_views", [fewer_views, fewer_images, smaller]
+    else:
+        path = "dataset.image_size" if d.image_size is not None else "dataset.limit"
+        remedies = [smaller, fewer_images] + ([fewer_views] if parts["view pool"] else [])
+    shown = ", ".join(f"{name} {format_bytes(n)}" for name, n in parts.items() if n)
+    pool = f" in {views} view{'s' if views > 1 else ''}" if parts["view pool"] else ""
+    need = ("at least " if est.lower_bound else "") + f"~{format_bytes(est.total)}"
+    return [(path, f"the data would need {need} in memory ({shown}: {sum(est.splits.values()):,} float32 images "
+                   f"of {c}×{s}×{s}, {est.splits['train']:,} of them for training{pool}), more than {limit.text}: "
+                   f"{', '.join(remedies[:-1])}, or {remedies[-1]}")]
+
+
 CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
                                                 check_teacher, check_search, check_compress]
+#: Checks that depend on the machine, not only on the space: run on space files (``load_space``, ``autokd
+#: validate``, ``autokd search``), not on a space stored in a study (that one must stay readable elsewhere).
+MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory]
 
 
 def kd_twins_enabled(space: Space) -> bool:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from autokd.errors import Problem, SpaceError, hint
 
-from autokd.space.checks import CHECKS
+from autokd.space.checks import CHECKS, MACHINE_CHECKS
 from autokd.space.schema import Space, set_path
 from autokd.space.yamlio import parse_overrides
 
@@ -85,8 +85,13 @@ def _problem(loc: tuple, message: str, source: str | None, lines: dict[tuple, in
 
 
 def validate_data(data: Any, *, source: str | None = None, lines: dict[tuple, int] | None = None,
-                  overrides: Sequence[str] = ()) -> Space:
-    """Validate already-parsed data (+ overrides) in both stages; raise one SpaceError with every problem."""
+                  overrides: Sequence[str] = (), machine: bool | None = None) -> Space:
+    """Validate already-parsed data (+ overrides) in both stages; raise one SpaceError with every problem.
+
+    ``machine``: also run :data:`~autokd.space.checks.MACHINE_CHECKS` (does the data fit in this machine's
+    memory?). By default they run on a space read from a file (``source`` given: ``load_space``, ``autokd
+    validate``, ``autokd search``) and not on plain data (``space_from_dict``: a space stored in a study, which
+    must stay readable on a smaller machine, e.g. for a report)."""
     lines = lines or {}
     parsed = parse_overrides(overrides)
     if not isinstance(data, dict):
@@ -109,7 +114,8 @@ def validate_data(data: Any, *, source: str | None = None, lines: dict[tuple, in
             problems.append(_problem(loc, _message(err, loc), source, lines, parsed))
         raise SpaceError(_dedupe(problems)) from None
     problems = []
-    for check in CHECKS:
+    run_machine_checks = source is not None if machine is None else machine
+    for check in CHECKS + (MACHINE_CHECKS if run_machine_checks else []):
         for dotted, message in check(space):
             loc = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
             problems.append(_problem(loc, message, source, lines, parsed))

@@ -4,14 +4,18 @@
   ``spaces/mobilenet.yaml``) with one to four fields mutated (wrong types, out-of-range and huge numbers, NaN and
   infinities, unknown / misspelt / unicode / non-string keys, bad ranges such as ``{low: 5, high: 1}`` or
   ``{low: 2, high: 32}`` for ``compress.bits``, choices with bad members, nested garbage, raw YAML that is hard to
-  construct, documents that are not mappings), plus zero to three ``--set`` overrides, through the CLI's error
-  boundary (``autokd.cli.main(["validate", SPACE, "--set=..."])``). Each run exits 0 or 2, prints no traceback, and
-  every stderr line is ``error: FILE:LINE: ...`` or ``error: --set ...: ...``. A space with exactly one mutation
-  that is invalid by construction (and no override) must be refused.
+  construct, documents that are not mappings, data too large for memory), plus zero to three ``--set`` overrides,
+  through the CLI's error boundary (``autokd.cli.main(["validate", SPACE, "--set=..."])``). Each run exits 0 or 2,
+  prints no traceback, and every stderr line is ``error: FILE:LINE: ...`` or ``error: --set ...: ...``. A space
+  with exactly one mutation that is invalid by construction (and no override) must be refused. The memory limit is
+  fixed at :data:`FUZZ_MEMORY_LIMIT` (``AUTOKD_MEMORY_LIMIT_BYTES``), so what is refused does not depend on the
+  machine; some examples must be refused by the memory check.
 - ``test_accepted_spaces_build_and_train`` (100 accepted examples): spaces that vary what users vary (model,
   train, compress and distill fields; digits at 8-32 px). Whatever ``validate`` accepts must run: one configuration
   is sampled, student and teacher are built, and the student trains one step, is pruned and quantized as the space
   asks, trains one fine-tune step and is measured, on two random images.
+- Each property is run by a plain test that counts the examples it really ran (:data:`COUNTS`) and fails below
+  those numbers (a smaller hypothesis profile, or rejections eating the budget, would otherwise go unnoticed).
 - ``KNOWN_VALIDATE`` / ``KNOWN_RUN``: minimal examples the properties found, kept as regressions; ``bug(reason)``
   records what each one used to do (all are fixed). A new finding goes in as
   ``marks=pytest.mark.xfail(strict=True, reason=...)`` until it is fixed. The properties themselves are never
@@ -23,6 +27,7 @@ stale database); a failure prints the example and a ``@reproduce_failure`` blob.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -42,7 +47,7 @@ from hypothesis import HealthCheck, Phase, assume, currently_in_test_context, ev
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from autokd.space import BOUNDS, QUANT_BITS, Space, dimensions, load_space
+from autokd.space import BOUNDS, MEMORY_LIMIT_ENV, QUANT_BITS, Space, dimensions, load_space
 
 REPO = Path(__file__).resolve().parents[2]
 INF, NAN = math.inf, math.nan
@@ -392,9 +397,32 @@ def op_block(draw, data, raws):
     return None if isinstance(value, dict) else f"{dotted(path)}: a block that is not a mapping"
 
 
+FUZZ_MEMORY_LIMIT = 2 * 10**9  # bytes the data may use in this module (AUTOKD_MEMORY_LIMIT_BYTES)
+# (images in all splits, channels, native side) of the datasets known without their files
+DATASET_SIZES = {"digits": (1797, 1, 8), "mnist": (70000, 1, 28), "fashion_mnist": (70000, 1, 28),
+                 "cifar10": (60000, 3, 32), "cifar100": (60000, 3, 32)}
+
+
+def op_memory(draw, data, raws):
+    """Data that may not fit in memory: a large dataset, a large image size, many augmented views, no limit."""
+    name = draw(st.sampled_from(sorted(DATASET_SIZES)))
+    size = draw(st.one_of(st.none(), st.integers(4, 1024), st.sampled_from([64, 128, 256, 512, 1024])))
+    limit = draw(st.one_of(st.none(), st.none(), st.integers(10, 100_000)))
+    for key, value in (("name", name), ("image_size", size), ("limit", limit)):
+        _put(data, ("dataset", key), value)
+    if draw(st.booleans()):
+        _put(data, ("train", "augment"), draw(st.sampled_from([True, {"choices": [True, False]}])))
+        _put(data, ("train", "augment_views"), draw(st.integers(1, 64)))
+    n, channels, native = DATASET_SIZES[name]
+    side = size or native
+    if limit is None and n * channels * side * side * 4 > FUZZ_MEMORY_LIMIT:  # the float32 images alone
+        return f"dataset: {n:,} images of {channels}×{side}×{side} float32 exceed {FUZZ_MEMORY_LIMIT:,} bytes"
+    return None
+
+
 OPS = [op_near_valid, op_near_valid, op_near_valid, op_value, op_value, op_value, op_range, op_range, op_choices,
        op_choices, op_unknown_key, op_delete,
-       op_typo, op_raw, op_block]
+       op_typo, op_raw, op_block, op_memory, op_memory]
 
 # Whole documents that are not a space mapping (data, or raw text).
 NON_MAPPING_TEXTS = ["---\n", "--- 1\n--- 2\n", "# a comment only\n", "- version: 1\n  name: x\n",
@@ -509,6 +537,7 @@ def cli_env():
         mp.setenv("NO_COLOR", "1")
         mp.delenv("FORCE_COLOR", raising=False)
         mp.delenv("AUTOKD_DEBUG", raising=False)
+        mp.setenv(MEMORY_LIMIT_ENV, str(FUZZ_MEMORY_LIMIT))  # the same refusals on every machine
         yield
 
 
@@ -537,6 +566,9 @@ def check_validate(path: Path, text: str, sets: list[str], must_fail: str | None
     if currently_in_test_context():
         note(f"exit {res.code}\nstderr:\n{res.err}")
         event(f"exit {res.code}")
+        if res.code == 2 and "the data would need" in res.err:
+            event("refused: the data would not fit in memory")
+            COUNTS["memory refusals"] += 1
     assert "Traceback" not in res.out + res.err, res.out + res.err
     if res.code == 1:
         raise _internal_error(res.err)(f"exit 1 (internal error) instead of 0 or 2:\n{res.err}")
@@ -552,11 +584,24 @@ def check_validate(path: Path, text: str, sets: list[str], must_fail: str | None
     return res
 
 
-@settings(max_examples=1000, **FUZZ_SETTINGS)
+#: Examples the properties really ran in this session (reset by each property's test).
+COUNTS: collections.Counter = collections.Counter()
+VALIDATE_EXAMPLES, TRAIN_EXAMPLES = 1000, 100  # what the issue asks for: >= 1,000 and >= 100
+
+
+@settings(max_examples=VALIDATE_EXAMPLES, **FUZZ_SETTINGS)
 @given(case=fuzz_cases())
-def test_validate_never_crashes(fuzz_dir, case):
+def validate_never_crashes(fuzz_dir, case):
     note(f"--- space ---\n{case.text}--- sets: {case.sets!r}\n--- must fail: {case.must_fail}")
     check_validate(fuzz_dir / "space.yaml", case.text, case.sets, case.must_fail)
+    COUNTS["validated"] += 1
+
+
+def test_validate_never_crashes(fuzz_dir):
+    COUNTS.clear()
+    validate_never_crashes(fuzz_dir)
+    assert COUNTS["validated"] >= VALIDATE_EXAMPLES, COUNTS
+    assert COUNTS["memory refusals"] >= 5, COUNTS  # the memory check is fuzzed too (op_memory: ~30 a run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -716,10 +761,9 @@ def run_accepted(cfg: Any, seed: int = 0) -> None:
             event("diverged at a learning rate >= 10 (a failed trial, not a crash)")
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning:optuna")  # a float step that does not divide high - low exactly
-@settings(max_examples=100, **FUZZ_SETTINGS)
+@settings(max_examples=TRAIN_EXAMPLES, **FUZZ_SETTINGS)
 @given(space=trainable_spaces(), data=st.data())
-def test_accepted_spaces_build_and_train(fuzz_dir, space, data):
+def accepted_spaces_build_and_train(fuzz_dir, space, data):
     from autokd.sampling import sample
 
     text = yaml.safe_dump(space, sort_keys=False)
@@ -735,6 +779,14 @@ def test_accepted_spaces_build_and_train(fuzz_dir, space, data):
         event("skipped: model over the CPU budget")
         assume(False)
     run_accepted(cfg, seed=data.draw(st.integers(0, 2**16)))
+    COUNTS["trained"] += 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:optuna")  # a float step that does not divide high - low exactly
+def test_accepted_spaces_build_and_train(fuzz_dir):
+    COUNTS.clear()
+    accepted_spaces_build_and_train(fuzz_dir)
+    assert COUNTS["trained"] >= TRAIN_EXAMPLES, COUNTS
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,6 +820,9 @@ KNOWN_VALIDATE = [
     pytest.param(TINY_TEXT, ["train.epochs=1e400"], "infinite epochs", id="set-epochs-inf"),
     pytest.param(TINY_TEXT, ["train.lr=!!python/object:os.system x"], "unsafe tag", id="set-python-tag"),
     pytest.param("- 1\n- 2\n", [], "not a mapping", id="list-document"),
+    pytest.param(_tiny_with(dataset={"name": "cifar10", "image_size": 1024}), [], "2.8 TB of images",
+                 id="memory-cifar10-1024"),
+    pytest.param(TINY_TEXT, ["dataset.image_size=1024"], "7.5 GB of digits", id="memory-set-digits-1024"),
     # Found by test_validate_never_crashes, fixed; each reason says what the bug was.
     pytest.param(TINY_TEXT + "[1, 2]: 3\n", [], "complex key", id="complex-key",
                  marks=bug("exit 1: TypeError: unhashable type: 'list' (a YAML key that is a sequence)")),
