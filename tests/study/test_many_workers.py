@@ -113,10 +113,12 @@ def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_
     path = space_file(space)
     url = f"sqlite:///{tmp_path}/s.db"
     common = ["--storage", url, "--device", "cpu", "--threads", 1, "--cache-dir", tmp_path / "cache"]
-    w0 = subprocess.Popen(autokd(path, *common, "--worker-index", 0), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env())
+    # output to files, not pipes: a pipe nobody reads while the test polls would block a worker mid-print
+    log0, out1, err1_file = (open(tmp_path / name, "w") for name in ("w0.log", "w1.out", "w1.err"))
+    w0 = subprocess.Popen(autokd(path, *common, "--worker-index", 0), stdout=log0, stderr=subprocess.STDOUT,
+                          text=True, env=env())
     w1_cmd = autokd(path, *common, "--worker-index", 1)
-    w1 = subprocess.Popen(w1_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    w1 = subprocess.Popen(w1_cmd, stdout=out1, stderr=err1_file, text=True, env=env())
     deadline = time.monotonic() + 300
     mine = theirs = None
     while time.monotonic() < deadline and (mine is None or theirs is None):
@@ -125,11 +127,12 @@ def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_
         time.sleep(0.2)
     assert mine is not None and theirs is not None, "both workers should be running a trial"
     w1.send_signal(signal.SIGINT)
-    out1, err1 = w1.communicate(timeout=120)
-    assert w1.returncode == 130, err1
+    w1.wait(timeout=120)
+    err1 = (tmp_path / "w1.err").read_text()
+    assert w1.returncode == 130, err1 + (tmp_path / "w1.out").read_text()
     assert "resume with: autokd search" in err1
-    out0, _ = w0.communicate(timeout=600)
-    assert w0.returncode == 0, out0
+    w0.wait(timeout=600)
+    assert w0.returncode == 0, (tmp_path / "w0.log").read_text()
 
     study, _ = load_study(storage=url, study_name="many")
     trials = study.get_trials()
