@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from autokd.study import load_study
@@ -177,6 +178,7 @@ def test_the_many_space_is_valid(space_file, tiny_space):
     assert space.search.n_trials == N_TRIALS
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # study.ask() on an RDB storage
 def test_a_worker_started_by_hand_is_told_about_its_neighbours(tmp_path, tiny_space):
     from autokd.progress import EventLog
     from autokd.space import space_from_dict
