@@ -44,7 +44,9 @@ def split_threads(workers: int, threads: int | None, cores: int | None = None) -
     """Threads per worker: ``threads`` if given, else the cores shared evenly (at least one each)."""
     if threads is not None:
         return threads
-    return max(1, (cores or os.cpu_count() or 1) // workers)
+    if cores is None:  # the cores this process may use (taskset, container CPU sets), not the machine's
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
 
 
 def worker_command(options: SearchOptions, index: int, threads: int) -> list[str]:

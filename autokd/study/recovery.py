@@ -8,6 +8,7 @@ SIGTERM) re-queues its own trial, never another's.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import optuna
@@ -18,6 +19,7 @@ from autokd.progress import ProgressCallback, silent
 from autokd.study.storage import quiet_optuna
 
 
+ORPHAN_SECONDS = 60.0  # a RUNNING trial with no worker record this old has no worker (one records it in ms)
 MAX_RETRIES = 3  # retries of a configuration whose worker keeps dying (it may be the cause, e.g. out of memory)
 
 
@@ -55,17 +57,40 @@ def stale_trial_callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
     requeue(study, trial, "worker stopped sending heartbeats (stale trial)", fail=False)
 
 
+def has_worker(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's worker recorded itself (autokd's first step in a trial; ``worker`` for older autokd)."""
+    return "worker_id" in t.user_attrs or "worker" in t.user_attrs
+
+
+def orphan_age(t: optuna.trial.FrozenTrial) -> float | None:
+    """Seconds since a RUNNING trial without any worker record started (None when it has one).
+
+    Optuna creates the trial, then autokd records the worker a few milliseconds later: a worker killed in between
+    leaves a trial that neither the local check (no identity) nor the heartbeat (none recorded yet) can judge."""
+    if has_worker(t) or t.datetime_start is None:
+        return None
+    return (datetime.datetime.now() - t.datetime_start).total_seconds()  # Optuna stores local naive times
+
+
 def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
     """Fail RUNNING trials whose worker process is known dead and enqueue their parameters again.
 
     Known dead only for workers of this host, boot and PID namespace whose process is gone (:func:`worker.is_dead`):
-    containers share a hostname and a boot id, so hostname + pid alone proves nothing. Every other RUNNING trial is
-    left to the storage's heartbeat (:func:`stale_trial_callback`)."""
+    containers share a hostname and a boot id, so hostname + pid alone proves nothing; and trials whose worker never
+    recorded itself within :data:`ORPHAN_SECONDS` (killed between Optuna's creation of the trial and autokd's first
+    step). Every other RUNNING trial is left to the storage's heartbeat (:func:`stale_trial_callback`)."""
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if worker.is_dead(t.user_attrs.get("worker_id")) is not True:
+        age = orphan_age(t)
+        if age is not None:
+            if age < ORPHAN_SECONDS:
+                continue  # its worker may be recording itself right now
+            reason = "worker died before it recorded itself (orphan trial)"
+        elif worker.is_dead(t.user_attrs.get("worker_id")) is True:
+            reason = "worker process died (stale trial)"
+        else:
             continue  # alive, or not ours to judge (the heartbeat will)
-        if requeue(study, t, "worker process died (stale trial)"):
+        if requeue(study, t, reason):
             recovered.append(t.number)
             progress("study.stale", number=t.number)
     return recovered

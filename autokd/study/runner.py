@@ -24,7 +24,8 @@ from autokd.errors import AutokdError, Problem
 from autokd.objective import Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled
-from autokd.study.recovery import _requeue_interrupted, recover_stale_trials
+from autokd.study import recovery
+from autokd.study.recovery import _requeue_interrupted, has_worker, orphan_age, recover_stale_trials
 from autokd.study.sampler import make_sampler
 from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch_teacher, open_artifact_store,
                                     share_teacher)
@@ -34,6 +35,7 @@ from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
 
 
+ORPHAN_POLL_SECONDS = 2.0  # how often a worker waiting for an orphan trial to age looks again
 MAX_DUPLICATES_IN_A_ROW = 50  # proposals that repeat a trial before the space is taken as exhausted
 
 
@@ -142,7 +144,11 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0
     with quiet_optuna():
-        while _work_left(study, target, twins):
+        while _work_left(study, target, twins) or _young_orphans(study):
+            if not _work_left(study, target, twins):  # only a trial whose worker died as it began: wait it out
+                time.sleep(ORPHAN_POLL_SECONDS)
+                recover_stale_trials(study, progress=progress)
+                continue
             if deadline is not None and time.monotonic() >= deadline:
                 result.stopped = "timeout"
                 break
@@ -205,18 +211,24 @@ def _say_neighbours(study: optuna.Study, threads: int | None, progress: Progress
         if isinstance(ident, dict) and ident.get("pid") != me["pid"] and worker.is_dead(ident) is False:
             others.add(ident["pid"])
     if others:
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         progress("study.neighbours", workers=len(others), threads=threads or torch.get_num_threads(), cores=cores,
                  suggested=max(1, cores // (len(others) + 1)))
 
 
 def _others_cover_the_target(study: optuna.Study, target: int) -> bool:
-    """Nothing queued, and the COMPLETE trials plus the ones other workers are running reach the target: a new
-    trial would only overshoot it, so this worker stops (a trial of theirs that fails is retried by them or by the
-    next run; waiting here instead could hang on a trial nobody will finish)."""
+    """Nothing queued, and the COMPLETE trials plus the ones other (recorded) workers are running reach the target:
+    a new trial would only overshoot it, so this worker stops (a trial of theirs that fails is retried by them or
+    by the next run; waiting here instead could hang on a trial nobody will finish)."""
     states = count_states(study)
-    return (states.get("WAITING", 0) == 0 and states.get("RUNNING", 0) > 0
-            and states.get("COMPLETE", 0) + states.get("RUNNING", 0) >= target)
+    running = sum(has_worker(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return states.get("WAITING", 0) == 0 and running > 0 and states.get("COMPLETE", 0) + running >= target
+
+
+def _young_orphans(study: optuna.Study) -> bool:
+    """RUNNING trials without a worker record, not yet old enough to be declared dead (see ``orphan_age``)."""
+    ages = [orphan_age(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    return any(a is not None and a < recovery.ORPHAN_SECONDS for a in ages)
 
 
 def _failed_by_another(study: optuna.Study, number: int | None, progress: ProgressCallback) -> bool:

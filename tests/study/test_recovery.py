@@ -73,3 +73,31 @@ def test_the_heartbeat_finds_a_silent_worker_and_autokd_requeues_it_once(tmp_pat
     (retry,) = waiting(study)
     assert retry.user_attrs["retry_of"] == trial.number and "heartbeat" in retry.user_attrs["retry_reason"]
     assert "failed_trial" not in retry.system_attrs  # Optuna's own retry callback did not run
+
+
+def test_a_trial_whose_worker_died_before_recording_itself_is_recovered_once_old(study, monkeypatch):
+    """Killed between Optuna's creation of the trial and autokd's first step: no identity, no heartbeat. Young, it
+    may be a live worker recording itself; past ORPHAN_SECONDS it is an orphan, failed and re-queued."""
+    import autokd.study.recovery as recovery
+
+    trial = study.ask(DISTS)
+    assert recover_stale_trials(study) == []  # a moment old: left alone
+    monkeypatch.setattr(recovery, "ORPHAN_SECONDS", 0.0)
+    assert recover_stale_trials(study) == [trial.number]
+    (retry,) = waiting(study)
+    assert "recorded itself" in retry.user_attrs["retry_reason"]
+
+
+def test_a_search_waits_out_an_orphan_instead_of_ending_with_it_running(tmp_path, tiny_space, monkeypatch):
+    import autokd.study.recovery as recovery
+    from autokd.study import run_search
+
+    monkeypatch.setattr(recovery, "ORPHAN_SECONDS", 3.0)
+    sp = space_from_dict({**tiny_space, "distill": {"kd": False}}, overrides=["search.n_trials=1"])
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_or_load_study(sp, storage=url)
+    study.ask({"model.width_mult": CategoricalDistribution([0.25, 0.5])})  # its worker "died" right here
+    result = run_search(sp, storage=url, device="cpu")
+    states = [t.state for t in result.study.get_trials()]
+    assert TrialState.RUNNING not in states  # failed once old enough, and its retry ran or was a duplicate
+    assert states[0] == TrialState.FAIL and result.complete >= 1
