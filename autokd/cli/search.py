@@ -165,15 +165,15 @@ def search(
     margin: MarginOpt = 1.0,
     artifacts: Optional[Path] = typer.Option(
         None, "--artifacts", metavar="DIR",
-        help="Optuna artifact store folder for the trained trial models [default: studies/<study>/artifacts "
+        help="Optuna artifact store folder for the trained trial models (default: studies/<study>/artifacts "
              "beside a SQLite file, else studies/<study>/artifacts on this machine: give workers on several "
-             "machines a shared folder]."),
+             "machines a shared folder)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, metavar="N",
                                 help="Run N worker processes on this machine on the same study (CPU threads split "
                                      "between them), with one progress view and one report."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=1024, metavar="T",
-                                          help="torch CPU threads of each worker [default: torch's own with one "
-                                               "worker; cores / N with --workers N]."),
+                                          help="torch CPU threads of each worker (default: torch's own with one "
+                                               "worker; cores / N with --workers N)."),
     worker_index: int = typer.Option(0, "--worker-index", min=0, metavar="I",
                                      help="This worker's index when several run on one study (each a different "
                                           "number), so their samplers do not propose the same trials; --workers "
