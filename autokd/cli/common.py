@@ -11,12 +11,12 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="PATH=VALUE",
     help="Override a field of the space, e.g. --set train.epochs=1 (repeatable; VALUE is parsed as YAML).")]
 StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", metavar="URL", help="Optuna storage URL [default: sqlite:///studies/<study>.db].")]
+    "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/<study>.db).")]
 StudyOpt = Annotated[Optional[str], typer.Option(
-    "--study", metavar="NAME", help="Study name [default: the space's name].")]
+    "--study", metavar="NAME", help="Study name (default: the space's name).")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", envvar="AUTOKD_CACHE_DIR", metavar="DIR",
-    help="Teacher cache folder [default: studies/teachers].")]
+    help="Teacher cache folder (default: studies/teachers).")]
 SpaceArg = Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file.",
                                           show_default=False)]
 MarginOpt = Annotated[float, typer.Option(

@@ -184,7 +184,7 @@ def search(
     """Run the search of SPACE until search.n_trials trials are COMPLETE (rerun to resume), then print the
     Pareto report.
 
-    Many workers: run this same command on every machine (or GPU) against one --storage postgresql://... (each
+    Many workers: run this same command on every machine (or GPU) against one --storage postgresql+psycopg://... (each
     with its own --worker-index), or --workers N on one machine. The study ends with between n_trials and
     n_trials + 2*workers - 1 COMPLETE trials (each worker's last trial and its KD twin finish)."""
     sp = load_space(space, overrides=set_ or [])

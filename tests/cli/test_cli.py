@@ -324,3 +324,12 @@ def test_a_failing_trial_records_why(cli, space_file, tiny_space, tmp_path, monk
     assert "RuntimeError: boom in measure" in res.err
     (trial,) = trials_of(url)
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "RuntimeError: boom in measure"
+
+
+def test_search_help_shows_every_default(cli):
+    """Help texts must not use [square brackets]: rich reads them as markup and drops them."""
+    res = cli("search", "--help")
+    text = " ".join(res.out.split())
+    for shown in ("default: sqlite:///studies/<study>.db", "default: the space's name", "default: studies/teachers",
+                  "default: studies/<study>/artifacts", "cores / N with --workers N"):
+        assert shown in text, shown
