@@ -130,11 +130,17 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     torch.manual_seed(seed_of("init"))
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
 
+    trained = {"images": 0, "seconds": 0.0}
+
     def phase(name: str, opt: Optim) -> None:
         progress("trial.phase", phase=name, epochs=opt.epochs, repeat=repeat, repeats=cfg.train.repeats)
         torch.manual_seed(seed_of(name))  # dropout draws from the global stream: one per (repeat, phase)
+        start = time.perf_counter()
         fit(model, x, data.train_y, opt, seed=seed_of(name), distill=distill,
             on_epoch=lambda e, n, loss: progress("trial.epoch", phase=name, epoch=e, epochs=n, loss=loss))
+        # fit reads each epoch's loss back from the device, so the clock stops after the work is done
+        trained["seconds"] += time.perf_counter() - start
+        trained["images"] += opt.epochs * len(data.train_y)
 
     phase("train", Optim.from_train(cfg.train))
     if c.prune_ratio > 0:
@@ -154,6 +160,8 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     metrics = {"val_accuracy": accuracy(model, data.val_x, data.val_y),
                "test_accuracy": accuracy(model, data.test_x, data.test_y),
                **cost_metrics(model, tuple(data.train_x.shape[1:]))}
+    if trained["seconds"] > 0:  # training throughput (dense + fine-tune), a measurement of this machine
+        metrics["train_images_per_s"] = trained["images"] / trained["seconds"]
     return TrialOutcome(model, metrics)
 
 

@@ -57,6 +57,11 @@ def test_repeats_use_their_own_streams_and_are_reproducible(setup):
     w = [next(o.model.parameters()).detach() for o in (r0, r1, r0_again)]
     assert torch.equal(w[0], w[2])  # same repeat, same streams, same weights
     assert not torch.equal(w[0], w[1])  # another repeat: another initialization, order and calibration
+    # training throughput: the images of both phases (1 + 1 epochs) over their time, per repeat
+    images = 2 * len(inputs.data.train_y)
+    for r in (r0, r1):
+        seconds = images / r.metrics["train_images_per_s"]
+        assert 0.01 < seconds < 60  # a whole tiny training run, not one batch's or one epoch's images
 
 
 def test_a_trial_reports_the_mean_and_keeps_each_repeat(setup, tmp_path):
