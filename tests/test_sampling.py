@@ -115,11 +115,17 @@ def _inputs(space, data, teacher):
     return prepare_inputs(space, data, teacher=teacher)
 
 
+def computed(metrics: dict) -> dict:
+    """The metrics a configuration determines (training throughput is a measurement of the machine)."""
+    assert metrics["train_images_per_s"] > 0
+    return {k: v for k, v in metrics.items() if k != "train_images_per_s"}
+
+
 def test_run_config_is_deterministic_without_kd(tiny):
     sp, data = tiny
     cfg = sample(sp, optuna.trial.FixedTrial({"model.width_mult": 0.25, "distill.kd": False}))
     a, b = run_config(cfg, data), run_config(cfg, data)
-    assert a.metrics == b.metrics
+    assert computed(a.metrics) == computed(b.metrics)
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     m = a.metrics
@@ -135,7 +141,7 @@ def test_run_config_is_deterministic_with_kd(tiny):
     cfg = sample(sp, optuna.trial.FixedTrial({"model.width_mult": 0.25, "distill.kd": True}))
     inputs = _inputs(sp, data, teacher)
     a, b = run_config(cfg, inputs), run_config(cfg, inputs)
-    assert a.metrics == b.metrics
+    assert computed(a.metrics) == computed(b.metrics)
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(va, vb), ka
     # KD changes what is learned (the KD-off twin starts from the same weights and batches)
