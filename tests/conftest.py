@@ -214,3 +214,15 @@ def postgres_study(postgres_url: str):
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def load_bench(name: str) -> Any:
+    """The module ``bench/<name>.py`` (bench scripts are not a package): tests call their functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the module look themselves up there
+    spec.loader.exec_module(module)
+    return module

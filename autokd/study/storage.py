@@ -176,12 +176,14 @@ def create_or_load_study(space: Space, *, storage: str | None = None, study_name
     """The study of ``space``: created on first use, loaded (and checked against the space) afterwards."""
     from autokd.study.sampler import make_sampler  # sampler.py imports this module
 
+    existing = open_existing_study(space, storage=storage, study_name=study_name,
+                                   allow_space_change=allow_space_change)
+    if existing is not None:
+        return existing
     name = study_name or space.name
     url = storage or default_storage(name)
     store = open_storage(url)
     with quiet_optuna():
-        if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
-            return _checked_load(space, store, url, name, allow_space_change, update=True)
         try:
             study = optuna.create_study(study_name=name, storage=store, directions=directions(space),
                                         sampler=make_sampler(space))

@@ -4,12 +4,10 @@ checked against its target with a tolerance of 3 Monte-Carlo standard errors).""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,18 +17,14 @@ from autokd.report import orthogonality as orth
 from autokd.report.linear import fit_ols_hc3, gvif
 from autokd.report.orthogonality import analyze, heterogeneity
 from autokd.report.stats import holm_adjust
+from tests.conftest import load_bench
 
 MARGIN = 0.01
 WIDTH, BITS, AUG = "model.width_mult", "compress.bits", "train.augment"
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "orthogonality.py"
-    spec = importlib.util.spec_from_file_location("bench_orthogonality", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("orthogonality")
 
 
 def _by_factor(result):

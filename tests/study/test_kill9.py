@@ -5,20 +5,13 @@ the teacher cache loads and no temp file is left in the cache or the artifact fo
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.conftest import load_bench
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "kill9.py"
-    spec = importlib.util.spec_from_file_location("bench_kill9", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kill9")
 
 
 def check(r: dict, n_trials: int) -> None:
