@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -38,7 +40,7 @@ from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
 OBJECTIVE_METRICS = {"flops": "flops", "bitops": "bitops", "size": "size_bytes", "params": "params"}
-TRIAL_FORMAT = 1
+MODEL_ATTR = "model_artifact"  # trial user attribute: the artifact id of the trial's saved model
 CALIBRATION_IMAGES = 256  # images whose gradients rank channels for Taylor pruning
 
 
@@ -178,6 +180,16 @@ def saved_model(model: nn.Module, cfg: TrialConfig, data: Splits, *, number: int
                                                      "repeat": repeat})
 
 
+def upload_bytes(store: Any, trial: Any, data: bytes, filename: str) -> str:
+    """Upload ``data`` as the artifact ``filename`` of ``trial`` into an Optuna artifact store; returns its id.
+    The temporary file Optuna's upload reads from is removed whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="autokd-upload-") as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
+                                                mimetype="application/octet-stream")
+
+
 def duplicate_of(trial: Any, params: dict[str, Any]) -> int | None:
     """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params``; else None.
 
@@ -255,8 +267,6 @@ class Objective:
             # the weights themselves: a study's pairs provably share one teacher, whichever worker trained it
             trial.set_user_attr("teacher_hash", self.inputs.teacher.weights_hash)
         if self.artifacts is not None:  # a failed upload (disk full, ...) fails the trial with the reason
-            from autokd.study.artifacts import MODEL_ATTR, upload_bytes  # study/ imports this module
-
             blob = saved_model(outcome.model, cfg, self.inputs.data, number=trial.number, metrics=metrics)
             trial.set_user_attr(MODEL_ATTR, upload_bytes(self.artifacts, trial, blob, f"trial-{trial.number}.pt"))
         self.progress("trial.done", number=trial.number, metrics=metrics, seconds=seconds, params=cfg.params)

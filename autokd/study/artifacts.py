@@ -24,9 +24,9 @@ from torch import nn
 
 from autokd.errors import Problem, StudyError
 from autokd.models.saved import read_model
+from autokd.objective import MODEL_ATTR
 from autokd.study.storage import STUDIES_DIR, ensure_writable
 
-MODEL_ATTR = "model_artifact"  # trial user attribute: the artifact id of the trial's model
 ATTR_ARTIFACTS = "autokd.artifacts"  # study user attribute: the folder of a local artifact store
 
 
@@ -61,16 +61,6 @@ def open_artifact_store(folder: str | Path, *, where: str = "--artifacts") -> At
     folder = Path(folder)
     ensure_writable(folder, where)
     return AtomicFileSystemArtifactStore(folder)
-
-
-def upload_bytes(store: Any, trial: Any, data: bytes, filename: str) -> str:
-    """Upload ``data`` as the artifact ``filename`` of ``trial``; returns its id. The temporary file is removed
-    whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="autokd-upload-") as tmp:
-        path = Path(tmp) / filename
-        path.write_bytes(data)
-        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                                                mimetype="application/octet-stream")
 
 
 def read_artifact(store: Any, artifact_id: str) -> bytes:
