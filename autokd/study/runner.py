@@ -25,7 +25,7 @@ from autokd.objective import Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions, kd_twins_enabled
 from autokd.study import recovery
-from autokd.study.recovery import _requeue_interrupted, has_worker, orphan_age, recover_stale_trials
+from autokd.study.recovery import _requeue_interrupted, orphan_age, recover_stale_trials
 from autokd.study.sampler import make_sampler
 from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch_teacher, open_artifact_store,
                                     share_teacher)
@@ -107,7 +107,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         result.complete = result.states.get("COMPLETE", 0)
         progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
                  study=name)
-        return _work_left(study, target, twins)
+        return Standing.of(study).work_left(target, twins)
 
     # A finished study returns before any data or teacher is loaded (no teacher retrained for nothing).
     study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
@@ -144,9 +144,12 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0
     with quiet_optuna():
-        while _work_left(study, target, twins) or _young_orphans(study):
-            if not _work_left(study, target, twins):  # only a trial whose worker died as it began: wait it out
-                time.sleep(ORPHAN_POLL_SECONDS)
+        while True:
+            now = Standing.of(study)  # one read of the study per round
+            if not now.work_left(target, twins):
+                if not now.young_orphans:
+                    break
+                time.sleep(ORPHAN_POLL_SECONDS)  # only a trial whose worker died as it began: wait it out
                 recover_stale_trials(study, progress=progress)
                 continue
             if deadline is not None and time.monotonic() >= deadline:
@@ -158,7 +161,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 result.stopped = "duplicates"
                 break
-            if _others_cover_the_target(study, target):
+            if now.others_cover(target):
                 result.stopped = "others"
                 break
             finished: list[optuna.trial.FrozenTrial] = []
@@ -216,19 +219,8 @@ def _say_neighbours(study: optuna.Study, threads: int | None, progress: Progress
                  suggested=max(1, cores // (len(others) + 1)))
 
 
-def _others_cover_the_target(study: optuna.Study, target: int) -> bool:
-    """Nothing queued, and the COMPLETE trials plus the ones other (recorded) workers are running reach the target:
-    a new trial would only overshoot it, so this worker stops (a trial of theirs that fails is retried by them or
-    by the next run; waiting here instead could hang on a trial nobody will finish)."""
-    states = count_states(study)
-    running = sum(has_worker(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    return states.get("WAITING", 0) == 0 and running > 0 and states.get("COMPLETE", 0) + running >= target
 
 
-def _young_orphans(study: optuna.Study) -> bool:
-    """RUNNING trials without a worker record, not yet old enough to be declared dead (see ``orphan_age``)."""
-    ages = [orphan_age(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    return any(a is not None and a < recovery.ORPHAN_SECONDS for a in ages)
 
 
 def _failed_by_another(study: optuna.Study, number: int | None, progress: ProgressCallback) -> bool:
@@ -242,7 +234,37 @@ def _failed_by_another(study: optuna.Study, number: int | None, progress: Progre
     return True
 
 
-def _work_left(study: optuna.Study, target: int, twins: bool) -> bool:
-    """Fewer COMPLETE trials than the target, or a queued twin (pairs finish even past the target)."""
-    states = count_states(study)
-    return states.get("COMPLETE", 0) < target or (twins and states.get("WAITING", 0) > 0)
+@dataclass(frozen=True)
+class Standing:
+    """Where the study stands, from one read of its trials: what a worker decides its next step from."""
+
+    complete: int
+    waiting: int
+    running: int  # RUNNING trials whose worker recorded itself (an orphan is not known to make progress)
+    young_orphans: int  # RUNNING trials without a worker record, not yet old enough to be declared dead
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> Standing:
+        complete = waiting = running = young = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.COMPLETE:
+                complete += 1
+            elif t.state == TrialState.WAITING:
+                waiting += 1
+            elif t.state == TrialState.RUNNING:
+                age = orphan_age(t)
+                if age is None:
+                    running += 1
+                elif age < recovery.ORPHAN_SECONDS:
+                    young += 1
+        return cls(complete, waiting, running, young)
+
+    def work_left(self, target: int, twins: bool) -> bool:
+        """Fewer COMPLETE trials than the target, or a queued twin or retry (pairs finish even past the target)."""
+        return self.complete < target or (twins and self.waiting > 0)
+
+    def others_cover(self, target: int) -> bool:
+        """Nothing queued, and the COMPLETE trials plus those other (recorded) workers are running reach the
+        target: a new trial would only overshoot it, so this worker stops (a trial of theirs that fails is
+        retried by them or by the next run; waiting here instead could hang on a trial nobody will finish)."""
+        return self.waiting == 0 and self.running > 0 and self.complete + self.running >= target
