@@ -41,12 +41,15 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, *
                     return False
             except optuna.exceptions.UpdateFinishedTrialError:
                 return False  # another worker (or the heartbeat) got there first and re-queued it
-        if not trial.params:
+        # A queued trial (twin, retry) taken by a worker that died before it began has no params yet: what it was
+        # to run is in Optuna's record of the enqueued parameters (found by bench/kill9.py: a lost twin).
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
+        if not params:
             return False
         retries = int(trial.user_attrs.get("retry_count", 0))
         if counts and retries >= MAX_RETRIES:
             return False
-        study.enqueue_trial(trial.params,
+        study.enqueue_trial(params,
                             user_attrs={**_retry_attrs(trial, reason), "retry_count": retries + int(counts)})
     return True
 

@@ -101,3 +101,36 @@ def test_a_search_waits_out_an_orphan_instead_of_ending_with_it_running(tmp_path
     states = [t.state for t in result.study.get_trials()]
     assert TrialState.RUNNING not in states  # failed once old enough, and its retry ran or was a duplicate
     assert states[0] == TrialState.FAIL and result.complete >= 1
+
+
+def test_standing_decides_the_next_step(study):
+    """A worker's next step from one read: a queued twin is work past the target; the others' recorded RUNNING
+    trials can cover the target; an orphan is neither work nor cover until it is old enough to be recovered."""
+    from autokd.study.runner import Standing
+
+    t = study.ask(DISTS)
+    assert Standing.of(study) == Standing(complete=0, waiting=0, running=0, young_orphans=1)
+    t.set_user_attr("worker_id", {"host": "elsewhere.invalid", "pid": 1})
+    now = Standing.of(study)
+    assert now.running == 1 and now.young_orphans == 0
+    assert now.others_cover(target=1) and not now.others_cover(target=2)
+    study.enqueue_trial({"model.width_mult": 0.5, "distill.kd": True})
+    now = Standing.of(study)
+    assert not now.others_cover(target=1)  # a queued trial is run first
+    assert Standing(1, 1, 0, 0).work_left(target=1, twins=True)
+    assert not Standing(1, 1, 0, 0).work_left(target=1, twins=False)
+
+
+def test_a_queued_twin_whose_worker_died_before_it_began_is_queued_again(study, monkeypatch):
+    """The worker took a queued twin (Optuna made it RUNNING) and died before the parameters were suggested:
+    the trial has no params, but the twin must not be lost."""
+    import autokd.study.recovery as recovery
+
+    study.enqueue_trial({"model.width_mult": 0.5, "distill.kd": False}, user_attrs={"twin_of": 0})
+    taken = study.ask()  # popped from the queue; no parameter suggested yet
+    assert study.get_trials()[taken.number].params == {}
+    monkeypatch.setattr(recovery, "ORPHAN_SECONDS", 0.0)
+    assert recover_stale_trials(study) == [taken.number]
+    (retry,) = waiting(study)
+    assert retry.system_attrs["fixed_params"] == {"model.width_mult": 0.5, "distill.kd": False}
+    assert retry.user_attrs["twin_of"] == 0 and retry.user_attrs["retry_of"] == taken.number
