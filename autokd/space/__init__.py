@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autokd.space.checks import BOUNDS, CHECKS, MACHINE_CHECKS, QUANT_BITS, check_memory, kd_twins_enabled
+from autokd.space.checks import (BOUNDS, CHECKS, MACHINE_CHECKS, QUANT_BITS, check_memory, early_stop_enabled,
+                                 kd_twins_enabled)
 from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memory, memory_limit
 from autokd.space.messages import validate_data
 from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
@@ -32,7 +33,7 @@ from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",
            "CompressSpec", "DatasetSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
            "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
-           "estimate_memory", "is_resolved", "kd_twins_enabled", "load_space", "memory_limit", "parse_overrides",
+           "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "load_space", "memory_limit", "parse_overrides",
            "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "to_dict", "validate_data"]
 
 

@@ -218,3 +218,11 @@ def kd_twins_enabled(space: Space) -> bool:
     kd = space.distill.kd
     return isinstance(kd, Choices) and set(kd.choices) == {True, False}
 
+
+
+def early_stop_enabled(space: Space) -> bool:
+    """``search.early_stop``, defaulting to true only when distill.kd is not searched: stopping a trial early
+    conditions its KD twin on the trial's survival, which biases the measured KD gain."""
+    if space.search.early_stop is not None:
+        return space.search.early_stop
+    return not isinstance(space.distill.kd, Choices)

@@ -142,6 +142,8 @@ class TrainSpec(_Strict):
                                "from the seed; the teacher's logits over them are cached.")
     grad_clip: float | None = Field(5.0, gt=0, description="Clip the gradient norm (keeps low-bit QAT stable).")
     seed: int = Field(0, description="Initialization, data order and augmentation of every trial.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training arithmetic: 'bf16' autocasts "
+                                               "on CUDA (fake-quant ops stay fp32); the CPU trains in fp32.")
     repeats: int = Field(1, ge=1, le=32, description="Train every configuration this many times, each repeat "
                          "with its own random streams derived from (seed, repeat, phase); the trial reports the "
                          "mean and keeps each repeat's metrics.")
@@ -174,7 +176,7 @@ Objective = Literal["flops", "bitops", "size", "params"]
 class SearchSpec(_Strict):
     """How Optuna searches: sampler, budget, seeds, objectives."""
 
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
     seed: int = 0
     objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
@@ -184,6 +186,9 @@ class SearchSpec(_Strict):
     max_failures: int = Field(5, ge=1, description="Stop after this many FAIL trials in one run.")
     kd_twins: bool | None = Field(None, description="Run every trial's twin with distill.kd flipped "
                                   "[default: true when distill.kd is searched].")
+    early_stop: bool | None = Field(None, description="Stop (PRUNED) a trial whose accuracy, extrapolated "
+                                    "optimistically, cannot reach the Pareto front at its cost [default: true "
+                                    "when distill.kd is not searched: stopping conditions KD pairs on survival].")
 
 
 class Space(_Strict):
@@ -209,6 +214,9 @@ class Space(_Strict):
 # Fields that set the budget, not the question: left out of the space hash so that a study can be
 # resumed or extended with more trials.
 BUDGET_FIELDS = {"search": {"n_trials", "max_failures"}}
+# Fields added after studies already existed: left out of the hash while at their default, so that a study made
+# before they existed still resumes (its question did not change).
+LATER_FIELDS = {"search": {"early_stop": None}, "train": {"precision": "fp32"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,6 +322,10 @@ def is_resolved(space: Space) -> bool:
 def space_hash(space: Space) -> str:
     """A canonical hash of the question a space asks (budget fields left out)."""
     data = space.model_dump(mode="json", exclude=BUDGET_FIELDS)
+    for section, fields in LATER_FIELDS.items():
+        for name, default in fields.items():
+            if data[section].get(name, default) == default:
+                data[section].pop(name, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
