@@ -167,6 +167,25 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     return TrialOutcome(model, metrics)
 
 
+def planned_costs(cfg: TrialConfig, data: Splits) -> dict[str, float]:
+    """The cost metrics (:func:`~autokd.measure.cost_metrics`) the trial will end with, measured before any training
+    on an untrained copy of its final architecture.
+
+    Costs depend only on the configuration: pruning is uniform per group (``global_pruning=False``), so the channel
+    counts it leaves do not depend on the weights, whichever criterion ranks them (the l1 criterion stands in for
+    all); bit widths are settings. ``tests/test_planned_costs.py`` checks equality with trained trials'.
+    """
+    c = cfg.compress
+    model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    if c.prune_ratio > 0:
+        model = prune_model(model, ratio=c.prune_ratio, method="l1", example_input=data.train_x[:1].cpu(),
+                            round_to=c.round_to)
+    if c.bits != 32:
+        model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
+    model.eval()
+    return cost_metrics(model, tuple(data.train_x.shape[1:]))
+
+
 def saved_model(model: nn.Module, cfg: TrialConfig, data: Splits, *, number: int, metrics: dict,
                 repeat: int = 0) -> bytes:
     """The saved form of a trained trial (see :mod:`autokd.models.saved`): weights, the layer table that rebuilds
