@@ -29,6 +29,7 @@ the known remedy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 
@@ -116,18 +117,33 @@ class _FakeQuant:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
 
 
+@contextlib.contextmanager
+def _fp32(x: torch.Tensor):
+    """A fake-quantized layer computes in fp32 even under autocast (``train.precision: bf16``): its input and
+    weight lie on a quantization grid that bf16's 8-bit mantissa would round off, so the layer would no longer
+    compute what the integer model computes. Yields ``x`` as fp32 with autocast off; a no-op without autocast."""
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind):
+        yield x
+        return
+    with torch.autocast(kind, enabled=False):
+        yield x.float()
+
+
 class QuantConv2d(_FakeQuant, nn.Conv2d):
     """``nn.Conv2d`` whose forward uses a fake-quantized weight and input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        with _fp32(x) as x:
+            return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantLinear(_FakeQuant, nn.Linear):
     """``nn.Linear`` whose forward uses a fake-quantized weight and input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        with _fp32(x) as x:
+            return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
 
 
 # Exact types only: a subclass of Conv2d / Linear may have its own forward (or, like MultiheadAttention's

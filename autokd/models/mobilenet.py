@@ -12,6 +12,7 @@ import math
 
 from torch import nn
 
+from autokd.models.layers import GlobalAvgPool
 from autokd.models.registry import register_family
 
 # (expand ratio, channels, blocks, stride) per stage; expand ratio 1 stays 1, others take `expand_ratio`.
@@ -83,7 +84,7 @@ class MobileNetV2(nn.Module):
         head = make_divisible(table["head"] * max(1.0, width_mult), div)
         layers.append(conv_bn(cin, head, 1))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(head, num_classes)
 

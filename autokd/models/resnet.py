@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from autokd.models.layers import GlobalAvgPool
 from autokd.models.registry import register_family
 
 
@@ -35,7 +36,7 @@ class ResNet(nn.Module):
                 layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, kernel_size))
                 cin = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(cin, num_classes)
 
