@@ -19,7 +19,8 @@ The two arms, each timed with ``time.perf_counter`` around one call:
             training-throughput bookkeeping.
     plain:  a hand-written loop in this file using torch only, plus autokd.models.build_model to build the same
             MobileNetV2 object (the model class is the subject, not the overhead): torch.manual_seed(init seed);
-            build; then per phase: torch.manual_seed(phase seed), a new torch.optim.SGD (same hyperparameters),
+            build; then per phase: torch.manual_seed(phase seed), the model's parameters put in channels_last
+            (NHWC, as autokd's fit does on the CPU) and back to the default layout after the phase, a new torch.optim.SGD (same hyperparameters),
             the cosine factor 0.5 * (1 + cos(pi * step / steps)) set on the param group by hand before every step,
             torch.randperm with a torch.Generator seeded with the phase seed for the batch order, a lone straggler
             batch skipped (as fit does), cross entropy with label smoothing, zero_grad(set_to_none=True),
@@ -120,6 +121,7 @@ def recipe(cfg: TrialConfig) -> dict[str, Any]:
 def plain_phase(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, r: dict[str, Any], *, epochs: int,
                 lr: float, seed: int) -> list[float]:
     torch.manual_seed(seed)
+    model.to(memory_format=torch.channels_last)  # trained in NHWC, handed back in the default layout (as fit does)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=r["momentum"],
                           weight_decay=r["weight_decay"], nesterov=True)
     n, bs = len(y), r["batch_size"]
@@ -148,6 +150,7 @@ def plain_phase(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, r: dic
         losses.append(float(total) / n)
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"diverged: loss {losses[-1]}")
+    model.to(memory_format=torch.contiguous_format)
     return losses
 
 
