@@ -36,7 +36,8 @@ prints both sums, their ratio, the mean val accuracy of each arm and the mean ab
 difference of val accuracy between the arms.
 
 Last line: ``demo_time_ratio=<median over rounds of current / baseline trial-time sums, 3 decimals> rounds=<n>
-baseline_s=<median> current_s=<median> val_acc_baseline=<mean> val_acc_current=<mean>``.
+baseline_s=<median> current_s=<median> val_acc_baseline=<mean> val_acc_current=<mean> val_acc_diff_pts=<mean
+per-configuration difference, current - baseline, round 0> diff_ci_pts=<its 95% Student-t interval>``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import scipy.stats
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit before any speed work (git rev-parse 53e2d05).
@@ -238,9 +241,19 @@ def main() -> int:
     def acc(arm: str) -> float:
         return statistics.fmean(v for x in per_round for v in x[arm]["acc"].values())
 
+    # Same accuracies within noise? Each arm is deterministic (every round trains the same 24 models), so the
+    # arms differ only where their arithmetic differs (layouts, kernels): the paired per-configuration difference
+    # of round 0, its mean and 95% Student-t interval, in points.
+    first = per_round[0]
+    diffs = [100 * (first["current"]["acc"][k] - first["baseline"]["acc"][k]) for k in first["baseline"]["acc"]]
+    mean_diff = statistics.fmean(diffs)
+    half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    print(f"val accuracy, current - baseline, per configuration: mean {mean_diff:+.2f} pts, 95% CI "
+          f"{mean_diff - half:+.2f} .. {mean_diff + half:+.2f} (n={len(diffs)}; sd {statistics.stdev(diffs):.2f})")
     print(f"demo_time_ratio={statistics.median(x['ratio'] for x in per_round):.3f} rounds={len(per_round)} "
           f"baseline_s={med('baseline'):.1f} current_s={med('current'):.1f} "
-          f"val_acc_baseline={acc('baseline'):.4f} val_acc_current={acc('current'):.4f}")
+          f"val_acc_baseline={acc('baseline'):.4f} val_acc_current={acc('current'):.4f} "
+          f"val_acc_diff_pts={mean_diff:+.2f} diff_ci_pts={mean_diff - half:+.2f}..{mean_diff + half:+.2f}")
     return 0
 
 
