@@ -25,7 +25,14 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
     """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed.
 
     TPE runs with ``constant_liar``: trials other workers are running count as bad results, so they are not
-    proposed again while they run (a single worker is unaffected)."""
+    proposed again while they run (a single worker is unaffected).
+
+    ``gp`` is Optuna's GPSampler (a Gaussian process per objective; log expected hypervolume improvement for two
+    or more objectives), random for its first ``search.startup_trials`` COMPLETE trials. With other workers'
+    trials RUNNING it needs no liar: it conditions on them itself (q-batch logEHVI with the running trials'
+    params as pending points), so a proposal equal to a running trial has next to no expected improvement; one
+    that still repeats a COMPLETE or RUNNING trial is pruned by the objective (``duplicate_of``). Its objective
+    is taken as noisy (``deterministic_objective=False``): training is."""
     s = space.search
     seed = derive_seed(s.seed, n_existing, worker_index)
     with quiet_optuna():
@@ -35,4 +42,6 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(Problem(f"unknown sampler {s.sampler!r} (valid: tpe, nsga2, random)", "search.sampler"))
+        if s.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
+    raise StudyError(Problem(f"unknown sampler {s.sampler!r} (valid: tpe, nsga2, random, gp)", "search.sampler"))

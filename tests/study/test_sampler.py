@@ -1,0 +1,110 @@
+"""``search.sampler: gp``: Optuna's GPSampler built like the others (warm-up from the space, resume-safe seed),
+reproducible, proposing only the space's values, not re-proposing a RUNNING trial, and usable from the CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from autokd.errors import StudyError
+from autokd.sampling import sample
+from autokd.space import dimensions, space_from_dict
+from autokd.study.sampler import make_sampler
+
+GRID = {"model.width_mult": [0.25, 0.5, 1.0], "model.kernel_size": [3, 5], "model.expand_ratio": [2, 4, 6],
+        "compress.prune_ratio": [0.0, 0.25, 0.5], "compress.bits": [32, 8, 4, 2]}
+
+
+def gp_space(tiny_space, *, startup: int = 3, seed: int = 0):
+    s = copy.deepcopy(tiny_space)
+    s["model"].update({k.split(".")[1]: {"choices": v} for k, v in GRID.items() if k.startswith("model.")})
+    s["compress"] = {k.split(".")[1]: {"choices": v} for k, v in GRID.items() if k.startswith("compress.")}
+    s["distill"]["kd"] = True
+    s["search"].update({"sampler": "gp", "startup_trials": startup, "seed": seed, "objectives": ["bitops"]})
+    return space_from_dict(s)
+
+
+def fake_values(params: dict) -> list[float]:
+    """A smooth two-objective stand-in for training: wider and more bits -> more accurate and dearer."""
+    width, bits, prune = params["model.width_mult"], params["compress.bits"], params["compress.prune_ratio"]
+    acc = 0.9 + 0.05 * width + 0.01 * min(bits, 8) / 8 - 0.03 * prune + 0.002 * params["model.kernel_size"]
+    cost = width ** 2 * params["model.expand_ratio"] * bits * (1 - prune) * params["model.kernel_size"]
+    return [acc, cost]
+
+
+def drive(space, n: int) -> list[dict]:
+    """``n`` ask/tell rounds with the sampler autokd builds, params drawn as a search draws them."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
+    proposed = []
+    for _ in range(n):
+        trial = study.ask()
+        params = sample(space, trial).params
+        proposed.append(params)
+        study.tell(trial, fake_values(params))
+    return proposed
+
+
+def test_gp_is_built_with_the_space_warm_up(tiny_space):
+    sampler = make_sampler(gp_space(tiny_space, startup=5))
+    assert isinstance(sampler, optuna.samplers.GPSampler)
+    assert sampler._n_startup_trials == 5  # the space's search.startup_trials, as TPE gets
+
+
+def test_gp_is_seeded_reproducibly_and_proposes_valid_params(tiny_space):
+    space = gp_space(tiny_space, startup=3)
+    n = 7  # 3 random start-up trials, then 4 proposals of the Gaussian process
+    first, again = drive(space, n), drive(space, n)
+    assert first == again
+    assert drive(gp_space(tiny_space, startup=3, seed=1), n) != first
+    dims = {d.path: d.choices for d in dimensions(space)}
+    assert set(dims) == set(GRID)
+    for params in first:
+        assert set(params) == set(dims)
+        assert all(params[k] in dims[k] for k in dims)
+
+
+def test_gp_does_not_repropose_a_running_trial(tiny_space):
+    """Other workers' RUNNING trials are pending points of its q-batch acquisition: the proposal it would make
+    is not made again while a trial with those params runs."""
+    space = gp_space(tiny_space)
+    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
+    history = [dict(zip(GRID, values)) for values in
+               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
+                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
+
+    def proposal(running: dict | None) -> dict:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
+        for p in history:
+            study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+        if running is not None:
+            study.add_trial(create_trial(params=running, distributions=dists, state=TrialState.RUNNING))
+        return sample(space, study.ask()).params
+
+    alone = proposal(None)
+    assert proposal(None) == alone  # same history, same seed: the same proposal
+    assert proposal(alone) != alone
+
+
+def test_an_unknown_sampler_names_the_valid_ones(tiny_space):
+    space = gp_space(tiny_space)
+    bogus = space.model_copy(update={"search": space.search.model_copy(update={"sampler": "bogus"})})
+    with pytest.raises(StudyError, match="valid: tpe, nsga2, random, gp"):
+        make_sampler(bogus)
+
+
+def test_a_tiny_search_with_gp_completes(cli, space_file, tiny_space, tmp_path):
+    s = copy.deepcopy(tiny_space)
+    s["model"]["kernel_size"] = {"choices": [3, 5]}  # 8 configurations with KD on/off
+    s["search"].update({"n_trials": 4, "startup_trials": 1})
+    url = f"sqlite:///{tmp_path}/gp.db"
+    res = cli("search", space_file(s), "--storage", url, "--device", "cpu", "--set", "search.sampler=gp")
+    assert res.code == 0, res.err
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    # after the one start-up trial (and its KD twin, enqueued) the Gaussian process proposed the next one
+    assert any(k.startswith("gp:relative_params") for t in trials for k in t.system_attrs)
