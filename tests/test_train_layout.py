@@ -80,3 +80,23 @@ def test_fake_quantized_layers_stay_fp32_under_autocast():
         plain = nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     assert got.dtype == torch.float32 and torch.equal(got, want)
     assert plain.dtype == torch.bfloat16  # autocast was on around it
+
+
+def test_quantized_layers_do_not_copy_channels_last_activations():
+    """Activation ranges read a channels_last activation through its NHWC view (no copy), with the same result
+    as from the same values laid out NCHW."""
+    from torch.profiler import ProfilerActivity, profile
+
+    act = torch.randn(8, 8, 8, 8)
+    seen = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        layer = quantize_model(_convnet(), bits=4, act_bits=4, keep_first_last=False)[3].train()
+        laid_out = act.contiguous(memory_format=fmt)
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.no_grad():
+            out = layer.quantize_input(laid_out)
+        seen[fmt] = (float(layer.act_min), float(layer.act_max), out.contiguous())
+        copies = {e.name for e in prof.events()} & {"aten::contiguous", "aten::clone"}
+        assert not copies, (fmt, copies)
+    (lo1, hi1, out1), (lo2, hi2, out2) = seen.values()
+    assert (lo1, hi1) == (lo2, hi2) == (float(act.min()), float(act.max()))
+    assert torch.equal(out1, out2)

@@ -75,7 +75,8 @@ class _FakeQuant:
         if self.w_bits >= 32:
             return w
         qmax = 2 ** (self.w_bits - 1) - 1
-        amax = w.detach().abs().flatten(1).amax(1).float()
+        # amax over every dim but the output channel, without flatten(1): that would copy a channels_last weight
+        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).float()
         scale = (amax / qmax).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero channel stays zero
         zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
         wq = torch.fake_quantize_per_channel_affine(w.float(), scale, zero_point, 0, -qmax - 1, qmax)
@@ -86,7 +87,7 @@ class _FakeQuant:
             return x
         if self.training or not self._calibrated:
             with torch.no_grad():
-                lo, hi = (t.float() for t in x.detach().aminmax())
+                lo, hi = (t.float() for t in _dense_view(x.detach()).aminmax())
             if self.training:
                 with torch.no_grad():
                     if self._calibrated:
@@ -115,6 +116,14 @@ class _FakeQuant:
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+def _dense_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, or, for a channels_last (NHWC) activation, the NHWC view of it, which is contiguous: aminmax
+    copies a non-contiguous tensor first, a whole extra pass over the activation at every quantized layer."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1)
+    return x
 
 
 @contextlib.contextmanager
