@@ -244,3 +244,27 @@ def test_invalid_arguments_are_rejected(kwargs):
 
 def test_quant_bits_constant():
     assert QUANT_BITS == (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cpu_fake_quant_equals_torchs_op_values_and_gradients(layout):
+    """autokd's CPU fake quantization (faster) computes exactly torch.fake_quantize_per_tensor_affine: values
+    (round half to even at exact ties included), the straight-through gradient, NaN and infinities."""
+    from autokd.compress.quantize import fake_quantize_per_tensor
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        scale = torch.rand((), generator=gen) * 0.2 + 1e-3
+        zp = torch.randint(0, 16, (), generator=gen, dtype=torch.int32)
+        x = torch.randn(16, 8, 5, 5, generator=gen) * 2
+        x.view(-1)[:50] = (torch.arange(-25, 25).float() + 0.5) * scale  # exact ties
+        x.view(-1)[50:53] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        x = x.contiguous(memory_format=layout)
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        want = torch.fake_quantize_per_tensor_affine(a, scale, zp, 0, 15)
+        got = fake_quantize_per_tensor(b, scale, zp, 0, 15)
+        grad = torch.randn(want.shape, generator=gen)
+        want.backward(grad)
+        got.backward(grad)
+        assert torch.equal(want, got)  # NaN included: the op maps it to qmin
+        assert torch.equal(a.grad, b.grad)

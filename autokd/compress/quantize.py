@@ -106,7 +106,7 @@ class _FakeQuant:
         hi = hi.clamp(min=0.0)
         scale = ((hi - lo) / qmax).clamp_min(1e-8)
         zero_point = (-lo / scale).round().clamp(0, qmax).to(torch.int32)
-        xq = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, 0, qmax)
+        xq = fake_quantize_per_tensor(x.float(), scale, zero_point, 0, qmax)
         return xq.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -116,6 +116,41 @@ class _FakeQuant:
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+class _FakeQuantPerTensor(torch.autograd.Function):
+    """``torch.fake_quantize_per_tensor_affine`` (same values, same straight-through gradient), as plain
+    vectorized tensor ops, for the CPU.
+
+    Why by hand: torch's CPU kernel of that op (its cachemask variant, which training runs) is scalar code: forward
+    and backward of one 64x108x8x8 activation take 3.6 ms on one core, these tensor ops 0.7 ms; the op was a quarter
+    of the time of a 4-bit MobileNetV2 training step of the demo. The arithmetic is the op's
+    own: ``q = round_half_even(x * (1 / scale)) + zero_point``, the gradient passes where ``qmin <= q <= qmax``,
+    the value is ``(clamp(q, qmin, qmax) - zero_point) * scale`` (``tests/test_quantize.py`` checks equality with
+    the op, values and gradients, ties included). On CUDA torch's fused kernel is used: one launch instead of nine.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        zp = zero_point.to(x.dtype)
+        q = (x * (1.0 / scale)).round_().add_(zp)
+        clamped = q.clamp(qmin, qmax).nan_to_num_(nan=qmin)  # the op's fmin/fmax take NaN to qmin
+        ctx.save_for_backward(clamped == q)  # inside the range (NaN: outside, as in the op)
+        return clamped.sub_(zp).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None  # (torch.where is several times slower here)
+
+
+def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                             qmax: int) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)``; on the CPU computed by
+    :class:`_FakeQuantPerTensor` (same values and gradient, several times faster)."""
+    if x.device.type == "cpu":
+        return _FakeQuantPerTensor.apply(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 
 
 def _dense_view(x: torch.Tensor) -> torch.Tensor:
