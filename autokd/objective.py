@@ -9,6 +9,12 @@ repeat 0's (``model_repeat: 0`` on the trial).
 :func:`run_config` is the pipeline as a plain function of a resolved :class:`~autokd.sampling.TrialConfig`
 (usable without Optuna); :class:`Objective` wraps it for ``study.optimize``: it samples the configuration, records
 every setting and metric as user attributes, saves the trained model, and returns the objective values.
+
+Early stopping (``search.early_stop``, rule in :mod:`autokd.early_stop`): the objective records every trial's
+learning curve (``learning_curve``) and, after each epoch, compares the trial with the study's COMPLETE trials at its
+planned cost (:func:`planned_costs`); a trial that cannot reach the front there raises ``optuna.TrialPruned`` with
+``stopped_reason``, ``stopped_epoch``, ``stopped_at`` and ``stopped_by`` recorded, and the progress event
+``trial.stopped`` (number, reason, epochs, phase, epoch, phase_epochs, val_accuracy, bound, by, seconds).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from torch import nn
 from autokd import worker
 from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
+from autokd.early_stop import (CURVE_ATTR, STOPPED_AT_ATTR, STOPPED_BY_ATTR, STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR,
+                               CurvePoint, EpochWatch, Reference, Stopped, StopRule, add_point, decide)
 from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.models.saved import architecture, model_bytes
@@ -103,7 +111,8 @@ class TrialOutcome:
 
 
 def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 0,
-               device: str | torch.device = "cpu", progress: ProgressCallback = silent) -> TrialOutcome:
+               device: str | torch.device = "cpu", progress: ProgressCallback = silent,
+               watch: EpochWatch | None = None) -> TrialOutcome:
     """Build, train, compress, fine-tune and measure the model that ``cfg`` describes, as repeat ``repeat``.
 
     Every configuration trains ``train.epochs`` dense epochs plus ``compress.finetune_epochs`` fine-tune epochs,
@@ -111,6 +120,11 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     training. KD (when on) is used in both phases, from the teacher's cached logits. Each random stream is
     :func:`~autokd.train.stream_seed` of (``train.seed``, ``repeat``, phase), so repeats never share one and a KD
     trial and its twin share all of them.
+
+    ``watch`` (optional), when given, is called after every epoch of both phases with a :class:`CurvePoint` (the
+    validation accuracy of the model as it stands; measuring it changes nothing in training: evaluation mode,
+    no gradient, no random draw); an exception it raises stops the trial there (early stopping raises
+    :class:`~autokd.early_stop.Stopped`). Without it nothing extra is measured.
     """
     if isinstance(inputs, Splits):
         inputs = TrialInputs(inputs)
@@ -132,16 +146,28 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     torch.manual_seed(seed_of("init"))
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
 
-    trained = {"images": 0, "seconds": 0.0}
+    trained = {"images": 0, "seconds": 0.0, "watching": 0.0}
 
     def phase(name: str, opt: Optim) -> None:
         progress("trial.phase", phase=name, epochs=opt.epochs, repeat=repeat, repeats=cfg.train.repeats)
         torch.manual_seed(seed_of(name))  # dropout draws from the global stream: one per (repeat, phase)
         start = time.perf_counter()
-        fit(model, x, data.train_y, opt, seed=seed_of(name), distill=distill,
-            on_epoch=lambda e, n, loss: progress("trial.epoch", phase=name, epoch=e, epochs=n, loss=loss))
+
+        def on_epoch(e: int, n: int, loss: float) -> None:
+            progress("trial.epoch", phase=name, epoch=e, epochs=n, loss=loss)
+            if watch is None:
+                return
+            t0 = time.perf_counter()  # measuring the curve and deciding is not training: kept out of throughput
+            try:
+                watch(CurvePoint(repeat=repeat, phase=name, epoch=e, epochs=n,
+                                 val_accuracy=accuracy(model, data.val_x, data.val_y)))
+            finally:
+                trained["watching"] += time.perf_counter() - t0
+
+        fit(model, x, data.train_y, opt, seed=seed_of(name), distill=distill, on_epoch=on_epoch)
         # fit reads each epoch's loss back from the device, so the clock stops after the work is done
-        trained["seconds"] += time.perf_counter() - start
+        trained["seconds"] += time.perf_counter() - start - trained["watching"]
+        trained["watching"] = 0.0
         trained["images"] += opt.epochs * len(data.train_y)
 
     phase("train", Optim.from_train(cfg.train))
@@ -209,23 +235,74 @@ def upload_bytes(store: Any, trial: Any, data: bytes, filename: str) -> str:
                                                 mimetype="application/octet-stream")
 
 
-def duplicate_of(trial: Any, params: dict[str, Any]) -> int | None:
-    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params``; else None.
+def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False) -> int | None:
+    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params``; else None. With
+    ``stopped``, also a trial that early stopping stopped (PRUNED with ``stopped_reason``).
 
     Trials share ``train.seed``, so a repeated proposal would only retrain an identical model: the sampler (TPE
     converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. Two workers that pop the same
     queued twin at once both see the other RUNNING: only the later number yields, so exactly one of them runs.
-    ``FixedTrial`` (no study) has none.
+    A stopped configuration would follow the same curve against a front that has only grown, and be stopped again
+    (see :mod:`autokd.early_stop`): it is not run again. ``FixedTrial`` (no study) has none.
     """
     study = getattr(trial, "study", None)
     if study is None:
         return None
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+    states = (TrialState.COMPLETE, TrialState.RUNNING) + ((TrialState.PRUNED,) if stopped else ())
+    for other in study.get_trials(deepcopy=False, states=states):
         if other.number == trial.number or other.params != params:
             continue
-        if other.state == TrialState.COMPLETE or other.number < trial.number:
+        if other.state == TrialState.PRUNED:
+            if STOPPED_REASON_ATTR in other.user_attrs:
+                return other.number
+        elif other.state == TrialState.COMPLETE or other.number < trial.number:
             return other.number
     return None
+
+
+def stop_references(study: Any) -> list[Reference]:
+    """The study's COMPLETE trials as :class:`~autokd.early_stop.Reference` (objective values, per-repeat final
+    accuracies, learning curves), from one read of the study."""
+    refs = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        ref = Reference.from_record({"number": t.number, "state": "COMPLETE", "values": t.values,
+                                     "metrics": t.user_attrs.get("metrics"),
+                                     CURVE_ATTR: t.user_attrs.get(CURVE_ATTR)})
+        if ref is not None:
+            refs.append(ref)
+    return refs
+
+
+class EarlyStopWatch:
+    """The epoch callback of one trial under early stopping: keeps its learning curve and, when the trial may be
+    stopped, asks :func:`autokd.early_stop.decide` after every epoch against the COMPLETE trials read from the
+    study (``references()``, read each epoch so that other workers' trials count as soon as they complete);
+    raises :class:`~autokd.early_stop.Stopped`. ``costs()`` (the trial's planned cost objectives) is computed once,
+    when a decision first needs it. The trial's last epoch (``total``, all phases and repeats) is never a reason to
+    stop: the trial is complete by then, and stopping it would only throw its result away."""
+
+    def __init__(self, *, references: Any, costs: Any, rule: StopRule = StopRule(), may_stop: bool = True,
+                 total: int | None = None):
+        self.references, self.costs, self.rule, self.may_stop = references, costs, rule, may_stop
+        self.total = total
+        self.curve: list = []
+        self.epochs = 0
+        self._costs: list[float] | None = None
+
+    def __call__(self, point: CurvePoint) -> None:
+        add_point(self.curve, point)
+        self.epochs += 1
+        if not self.may_stop or (point.phase == "train" and point.epoch < self.rule.min_epoch) or \
+                (self.total is not None and self.epochs >= self.total):
+            return
+        refs = self.references()
+        if len(refs) < self.rule.min_complete:
+            return
+        if self._costs is None:
+            self._costs = list(self.costs())
+        decision = decide(point, self._costs, refs, self.rule)
+        if decision is not None:
+            raise Stopped(decision, self.epochs)
 
 
 def mean_metrics(per_repeat: list[dict[str, float]]) -> dict[str, Any]:
@@ -239,10 +316,13 @@ class Objective:
     """The callable given to ``study.optimize``: one trial end to end."""
 
     def __init__(self, space: Space, inputs: TrialInputs, *, device: str | torch.device, artifacts: Any = None,
-                 progress: ProgressCallback = silent):
-        """``artifacts``: an Optuna artifact store for the trained models (None: models are not kept)."""
+                 progress: ProgressCallback = silent, early_stop: bool = False, stop_rule: StopRule = StopRule()):
+        """``artifacts``: an Optuna artifact store for the trained models (None: models are not kept).
+        ``early_stop``: record every trial's learning curve and stop (PRUNED) a trial that cannot reach the front
+        at its cost (:mod:`autokd.early_stop`; a KD twin of a completed trial is never stopped)."""
         self.space, self.inputs = space, inputs
         self.device, self.artifacts, self.progress = device, artifacts, progress
+        self.early_stop, self.stop_rule = early_stop, stop_rule
         self.current: int | None = None  # the number of the trial this worker is running (or ran last)
 
     def __call__(self, trial: Any) -> list[float]:
@@ -264,7 +344,9 @@ class Objective:
 
     def _run(self, trial: Any) -> list[float]:
         cfg = sample(self.space, trial)
-        twin = duplicate_of(trial, cfg.params)
+        # A KD twin of a completed trial always runs to its end: the pair would be lost otherwise.
+        protected = "twin_of" in getattr(trial, "user_attrs", {})
+        twin = duplicate_of(trial, cfg.params, stopped=self.early_stop and not protected)
         if twin is not None:
             # The same settings and seeds would train the same model again: record the link and skip it.
             trial.set_user_attr("duplicate_of", twin)
@@ -273,12 +355,19 @@ class Objective:
         trial.set_user_attr("settings", cfg.settings())
         self.progress("trial.start", number=trial.number, params=cfg.params)
         start = time.perf_counter()
-        outcomes = [run_config(cfg, self.inputs, repeat=r, device=self.device, progress=self.progress)
-                    for r in range(cfg.train.repeats)]
+        watch = self._watch(trial, cfg, protected) if self.early_stop else None
+        try:
+            outcomes = [run_config(cfg, self.inputs, repeat=r, device=self.device, progress=self.progress,
+                                   watch=watch) for r in range(cfg.train.repeats)]
+        except Stopped as stop:
+            self._record_stop(trial, stop, watch, time.perf_counter() - start)
+            raise optuna.TrialPruned(stop.decision.reason) from None
         seconds = time.perf_counter() - start
         metrics = mean_metrics([o.metrics for o in outcomes])
         outcome = outcomes[0]
         trial.set_user_attr("metrics", metrics)
+        if watch is not None:
+            trial.set_user_attr(CURVE_ATTR, watch.curve)
         trial.set_user_attr("model_repeat", 0)
         trial.set_user_attr("seconds", round(seconds, 3))
         if self.inputs.teacher is not None and cfg.distill.kd:
@@ -290,3 +379,29 @@ class Objective:
             trial.set_user_attr(MODEL_ATTR, upload_bytes(self.artifacts, trial, blob, f"trial-{trial.number}.pt"))
         self.progress("trial.done", number=trial.number, metrics=metrics, seconds=seconds, params=cfg.params)
         return [metrics["val_accuracy"]] + [metrics[OBJECTIVE_METRICS[o]] for o in self.space.search.objectives]
+
+    def _watch(self, trial: Any, cfg: TrialConfig, protected: bool) -> EarlyStopWatch:
+        study = getattr(trial, "study", None)
+        objectives = self.space.search.objectives
+
+        def costs() -> list[float]:
+            planned = planned_costs(cfg, self.inputs.data)
+            return [planned[OBJECTIVE_METRICS[o]] for o in objectives]
+
+        total = cfg.train.repeats * (cfg.train.epochs + cfg.compress.finetune_epochs)
+        return EarlyStopWatch(references=lambda: stop_references(study) if study is not None else [], costs=costs,
+                              rule=self.stop_rule, may_stop=not protected and study is not None, total=total)
+
+    def _record_stop(self, trial: Any, stop: Stopped, watch: EarlyStopWatch, seconds: float) -> None:
+        """The stopped trial's record: its curve so far, why, where and after how many epochs (it ends PRUNED)."""
+        d = stop.decision
+        trial.set_user_attr(CURVE_ATTR, watch.curve)
+        trial.set_user_attr(STOPPED_REASON_ATTR, d.reason)
+        trial.set_user_attr(STOPPED_EPOCH_ATTR, stop.epochs_trained)
+        trial.set_user_attr(STOPPED_AT_ATTR, {"repeat": d.point.repeat, "phase": d.point.phase,
+                                              "epoch": d.point.epoch, "epochs": d.point.epochs})
+        trial.set_user_attr(STOPPED_BY_ATTR, d.by)
+        trial.set_user_attr("seconds", round(seconds, 3))
+        self.progress("trial.stopped", number=trial.number, reason=d.reason, epochs=stop.epochs_trained,
+                      phase=d.point.phase, epoch=d.point.epoch, phase_epochs=d.point.epochs,
+                      val_accuracy=d.point.val_accuracy, bound=d.bound, by=d.by, seconds=seconds)

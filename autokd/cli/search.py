@@ -129,6 +129,9 @@ class RichProgress:
         elif event == "trial.duplicate":
             log(f"[dim]trial {d['number']:>3}: same settings as trial {d['duplicate_of']}: skipped (pruned, not "
                 "trained)[/]")
+        elif event == "trial.stopped":
+            log(f"[dim]trial {d['number']:>3}: {d['reason']} (pruned, does not count)  {d['seconds']:5.1f}s  "
+                f"{self.settings}[/]")
         elif event == "trial.fail":
             log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
 

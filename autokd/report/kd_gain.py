@@ -33,9 +33,9 @@ from typing import Any
 from autokd.report import orthogonality, stats
 from autokd.report.stats import jsonable
 from autokd.report.pairing import KD_PARAM, Pair, pair_trials
-from autokd.report.pareto import front_comparison
+from autokd.report.pareto import front_comparison, is_stopped
 from autokd.report.orthogonality import MIN_HETEROGENEITY_CONFIGURATIONS
-from autokd.report.verdict import MIN_VERDICT_PAIRS, overall_word, verdict_text, warnings_for
+from autokd.report.verdict import MIN_VERDICT_PAIRS, overall_word, survival_sentence, verdict_text, warnings_for
 
 __all__ = ["kd_analysis", "ESTIMAND"]
 
@@ -57,6 +57,18 @@ def _gain_summary(pairs: Sequence[Pair], metric: str, *, seed: int) -> dict[str,
     return summary
 
 
+def survival_conditioning(trials: Sequence[Mapping]) -> dict[str, Any] | None:
+    """``{"on": True, "stopped": n, "conditioned_on_survival": True, "note": ...}`` when early stopping was on in
+    the study (``search.early_stop: true`` in the trials' recorded settings; its default is off when
+    ``distill.kd`` is searched), else None. Early stopping conditions the KD pairs on the survival of their first
+    trial: a twin is made only for a trial that completed."""
+    on = any(((t.get("settings") or {}).get("search") or {}).get("early_stop") is True for t in trials)
+    if not on:
+        return None
+    stopped = sum(is_stopped(dict(t)) for t in trials)
+    return {"on": True, "stopped": stopped, "conditioned_on_survival": True, "note": survival_sentence(stopped)}
+
+
 def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_accuracy", "test_accuracy"),
                 cost_metric: str = "flops", margin: float = 0.01, teacher: Mapping[str, Any] | None = None,
                 seed: int = 0, n_perm: int = 2000, alpha: float = 0.05, kd_param: str = KD_PARAM,
@@ -70,7 +82,8 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
 
     Keys: ``metric``, ``estimand``, ``units``, ``n_pairs``, ``n_unpaired``, ``n_pending``, ``pairs``,
     ``lost_pairs``, ``n_lost_pairs``, ``repeats``, ``gain`` (per metric), ``overall``, ``margin``, ``model``,
-    ``factors``, ``collinear``, ``heterogeneity``, ``fronts``, ``teacher``, ``warnings``, ``verdict``.
+    ``factors``, ``collinear``, ``heterogeneity``, ``fronts``, ``teacher``, ``early_stop`` (see
+    :func:`survival_conditioning`; None when early stopping was off), ``warnings``, ``verdict``.
     """
     trials = [t for t in trials if isinstance(t, Mapping)]
     if isinstance(metrics, str) or not metrics:
@@ -113,6 +126,9 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
                             collinear=ortho.get("collinear") or [], refused=refused,
                             unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
                             repeats_note=repeats_note)
+    survival = survival_conditioning(trials)
+    if survival is not None:
+        warnings.append(survival["note"])
     unit = "configuration" if repeats > 1 else "pair"
     return jsonable({
         "metric": primary,
@@ -137,6 +153,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
         "heterogeneity": heterogeneity,
         "fronts": fronts,
         "teacher": dict(teacher) if teacher else None,
+        "early_stop": survival,
         "warnings": warnings,
         "verdict": verdict_text(word=word, summary=gain[primary], factors=ortho.get("factors", []), model=model,
                                 margin=float(margin), heterogeneity=heterogeneity, n_lost=len(lost), unit=unit),

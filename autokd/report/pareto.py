@@ -93,8 +93,9 @@ def pareto_info(records: Sequence[dict[str, Any]], *, directions: Sequence[str],
 
     ``records`` are plain trial dicts (see :func:`autokd.study.trial_records`): number, state, values, params,
     metrics, settings. Returns ``{"study", "directions", "metric_names", "pareto": [numbers], "trials": [...],
-    "states": {state: count}, "dataset_sizes"}`` with the Pareto trials (or every trial with ``include_all``)
-    sorted by number.
+    "states": {state: count}, "stopped", "duplicates", "dataset_sizes"}`` with the Pareto trials (or every trial
+    with ``include_all``) sorted by number; ``stopped`` / ``duplicates`` split the PRUNED trials into those early
+    stopping stopped (see :func:`is_stopped`) and proposals that repeated a trial (``duplicate_of``).
     """
     dirs = _normalize(directions)
     complete = [r for r in records if r["state"] == "COMPLETE" and r.get("values") is not None]
@@ -108,8 +109,19 @@ def pareto_info(records: Sequence[dict[str, Any]], *, directions: Sequence[str],
                "metrics": dict(r.get("metrics", {})), "settings": dict(r.get("settings", {})),
                **({"fail_reason": r["fail_reason"]} if r.get("fail_reason") else {})}
               for r in sorted(shown, key=lambda r: r["number"])]
+    stopped = sum(is_stopped(r) for r in records)
+    duplicates = sum(is_state(r, "PRUNED") and r.get("duplicate_of") is not None for r in records)
     return {"study": study, "directions": dirs, "metric_names": list(metric_names or []), "pareto": pareto,
-            "trials": trials, "states": states, "dataset_sizes": dataset_sizes}
+            "trials": trials, "states": states, "stopped": stopped, "duplicates": duplicates,
+            "dataset_sizes": dataset_sizes}
+
+
+def is_stopped(record: dict[str, Any]) -> bool:
+    """Whether early stopping stopped this trial: PRUNED with a ``stopped_reason``, or (records that do not carry
+    it) PRUNED without ``duplicate_of`` -- autokd prunes a trial for no other reason."""
+    if not is_state(record, "PRUNED"):
+        return False
+    return bool(record.get("stopped_reason")) or record.get("duplicate_of") is None
 
 
 def front_comparison(trials: Sequence[dict[str, Any]], *, cost_metric: str = "flops", metric: str = "val_accuracy",

@@ -64,7 +64,10 @@ def pareto_table(info: dict[str, Any]) -> Table:
 
 
 def pareto_footer(info: dict[str, Any]) -> Text:
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(info["states"].items()))
+    why = ([f"{info['stopped']} stopped early"] if info.get("stopped") else []) + \
+        ([_n(info["duplicates"], "duplicate")] if info.get("duplicates") else [])
+    states = ", ".join(f"{n} {s.lower()}" + (f" ({', '.join(why)})" if s == "PRUNED" and why else "")
+                       for s, n in sorted(info["states"].items()))
     lines = [f"Trials: {states or 'none'}. Pareto-optimal: {len(info['pareto'])} (accuracy up, cost down)."]
     sizes = info.get("dataset_sizes")
     if sizes:

@@ -179,6 +179,14 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
     return out
 
 
+def survival_sentence(stopped: int) -> str:
+    """Early stopping was on in a study with KD twins: the pairs are conditioned on survival."""
+    return (f"Early stopping was on: a pair exists only if its first trial survived early stopping "
+            f"({_plural(stopped, 'trial')} stopped, their twins never ran), so the pairs are conditioned on survival "
+            "and the gain is measured over configurations that looked good early, not over every configuration "
+            "visited (bench/early_stop.py measures the bias this adds).")
+
+
 def verdict_text(*, word: str, summary: Mapping[str, Any], factors: Sequence[Mapping[str, Any]],
                  model: Mapping[str, Any], margin: float, heterogeneity: Mapping[str, Any] | None, n_lost: int,
                  unit: str = "pair") -> str:

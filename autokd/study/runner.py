@@ -4,6 +4,9 @@
 - A worker acts only on trials it ran (the ``optimize`` callback hands it its own trial; never ``trials[-1]``).
 - KD twins: with ``search.kd_twins``, every COMPLETE trial's twin (same settings and seed, ``distill.kd``
   flipped) is enqueued unless it exists, and runs next; a resumed study completes missing twins first.
+- Early stopping (``search.early_stop``, :mod:`autokd.early_stop`): a stopped trial ends PRUNED and does not count
+  toward ``search.n_trials`` (the worker goes on with a new trial); a configuration already stopped is not run
+  again (``duplicate_of``), except as the KD twin of a completed trial, which is queued and never stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from autokd.data import load_dataset
 from autokd.errors import AutokdError, Problem
 from autokd.objective import Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
-from autokd.space import Space, dimensions, kd_twins_enabled
+from autokd.early_stop import STOPPED_REASON_ATTR, StopRule
+from autokd.space import Space, dimensions, early_stop_enabled, kd_twins_enabled
 from autokd.study import recovery
 from autokd.study.recovery import _requeue_interrupted, orphan_age, recover_stale_trials
 from autokd.study.sampler import make_sampler
@@ -31,7 +35,7 @@ from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch
                                     share_teacher)
 from autokd.study.storage import (ATTR_TEACHER, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
-from autokd.study.twins import enqueue_missing_twins
+from autokd.study.twins import KD_PARAM, _params_key, enqueue_missing_twins, twin_params
 from autokd.teacher import get_teacher, resolve_cache_dir
 
 
@@ -71,18 +75,21 @@ class SearchResult:
     teacher_accuracy: float | None = None
     last_error: str | None = None
     states: dict[str, int] = field(default_factory=dict)
+    early_stopped: int = 0  # trials of this run that early stopping stopped (PRUNED; not counted as complete)
 
 
 def run_search(space: Space, *, storage: str | None = None, study_name: str | None = None,
                timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                allow_space_change: bool = False, worker_index: int = 0, artifacts: Any = None,
-               threads: int | None = None, progress: ProgressCallback = silent) -> SearchResult:
+               threads: int | None = None, progress: ProgressCallback = silent,
+               stop_rule: StopRule | None = None) -> SearchResult:
     """Run (or resume) one worker of the study of ``space`` until the study holds ``search.n_trials`` COMPLETE
     trials (and every KD pair is whole).
 
     ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds);
     ``artifacts`` is where trial models go (a folder, or an Optuna artifact store object; default
-    ``studies/<study>/artifacts``); ``threads`` sets torch's intra-op threads of this worker.
+    ``studies/<study>/artifacts``); ``threads`` sets torch's intra-op threads of this worker; ``stop_rule`` the
+    settings of early stopping when ``search.early_stop`` is on (default :class:`~autokd.early_stop.StopRule`).
 
     Many workers: each runs queued trials (twins, retries) first, and starts a new sampled trial only while the
     COMPLETE and RUNNING trials together are fewer than the target; otherwise it stops (``stopped="others"``:
@@ -102,7 +109,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         with quiet_optuna():  # RDB storages: trials of workers elsewhere whose heartbeat stopped
             optuna.storages.fail_stale_trials(study)
         if twins:
-            enqueue_missing_twins(study, progress=progress)
+            _enqueue_twins(study, progress)
         result.study, result.states = study, count_states(study)
         result.complete = result.states.get("COMPLETE", 0)
         progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
@@ -140,7 +147,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     if teacher is not None:
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
         share_teacher(study, store, space, pool, resolve_cache_dir(cache_dir))
-    objective = Objective(space, inputs, device=dev, artifacts=store, progress=progress)
+    objective = Objective(space, inputs, device=dev, artifacts=store, progress=progress,
+                          early_stop=early_stop_enabled(space), stop_rule=stop_rule or StopRule())
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0
     with quiet_optuna():
@@ -184,14 +192,38 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 continue
             duplicates_in_a_row = 0
             result.ran_this_run += 1
+            if last.state == TrialState.PRUNED and STOPPED_REASON_ATTR in last.user_attrs:
+                result.early_stopped += 1  # trained a few epochs, then stopped: not complete, no twin
             if last.state == TrialState.FAIL:
                 result.failed_this_run += 1
                 result.last_error = last.user_attrs.get("fail_reason")
             if twins and last.state == TrialState.COMPLETE:
-                enqueue_missing_twins(study, progress=progress)
+                _enqueue_twins(study, progress)
     result.states = count_states(study)
     result.complete = result.states.get("COMPLETE", 0)
     return result
+
+
+def _enqueue_twins(study: optuna.Study, progress: ProgressCallback) -> None:
+    """Every COMPLETE trial's missing KD twin, including one whose settings only an early-stopped trial had (a
+    stopped trial is no twin: :func:`enqueue_missing_twins` skips any settings a trial already had, so such a
+    twin is queued here; it is never stopped, and not taken for a duplicate of the stopped trial)."""
+    enqueue_missing_twins(study, progress=progress)
+    trials = study.get_trials(deepcopy=False)
+    ran = {_params_key(t.params) for t in trials if t.state != TrialState.PRUNED}
+    ran |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    stopped = {_params_key(t.params) for t in trials
+               if t.state == TrialState.PRUNED and STOPPED_REASON_ATTR in t.user_attrs}
+    linked = {t.user_attrs.get("twin_of") for t in trials}
+    for t in trials:
+        if t.state != TrialState.COMPLETE or KD_PARAM not in t.params or t.number in linked:
+            continue
+        key = _params_key(twin_params(t.params))
+        if key in stopped and key not in ran:
+            with quiet_optuna():
+                study.enqueue_trial(twin_params(t.params), user_attrs={"twin_of": t.number})
+            ran.add(key)
+            progress("study.enqueue", number=t.number, reason="twin")
 
 
 def _artifact_store(artifacts: Any, url: str, name: str, progress: ProgressCallback) -> tuple[Any, Path | None]:

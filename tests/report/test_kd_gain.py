@@ -19,7 +19,7 @@ BITS = (4, 8, 32)
 WIDTHS = (0.25, 0.5)
 KEYS = {"metric", "estimand", "units", "n_pairs", "n_unpaired", "n_pending", "pairs", "lost_pairs", "n_lost_pairs", "refused_pairs",
         "repeats", "min_pairs", "gain", "overall", "margin", "model", "factors", "collinear", "heterogeneity",
-        "fronts", "teacher", "warnings", "verdict"}
+        "fronts", "teacher", "early_stop", "warnings", "verdict"}
 
 
 def record(number, kd, params, *, acc, seed, state="COMPLETE", twin_of=None, repeats=None, flops=1e6, **extra):
