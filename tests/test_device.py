@@ -54,3 +54,10 @@ def test_deterministic_settings_only_for_cuda(monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting wins
     make_deterministic(torch.device("cuda", 0))
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_search_with_a_missing_device_is_one_located_line(cli, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = cli("search", "spaces/mobilenet.yaml", "--device", "cuda:1")
+    assert res.code == 2 and "Traceback" not in res.err
+    assert res.err_lines == ["error: --device: CUDA is not available on this machine (use --device cpu or auto)"]

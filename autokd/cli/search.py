@@ -161,7 +161,9 @@ def search(
     study: StudyOpt = None,
     timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", min=1,
                                             help="Stop starting new trials after this many seconds."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE",
+                               help="auto (CUDA when there is one), cpu, cuda or cuda:N (deterministic kernels "
+                                    "on CUDA)."),
     cache_dir: CacheDirOpt = None,
     allow_space_change: bool = typer.Option(False, "--allow-space-change",
                                             help="Continue a study whose space differs from SPACE."),

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autokd import worker
 from autokd.data import load_dataset
-from autokd.errors import AutokdError, Problem
+from autokd.device import make_deterministic, resolve_device
 from autokd.objective import Objective, prepare_inputs, view_pool
 from autokd.progress import ProgressCallback, silent
 from autokd.early_stop import STOPPED_REASON_ATTR, StopRule
@@ -41,17 +41,6 @@ from autokd.teacher import get_teacher, resolve_cache_dir
 
 ORPHAN_POLL_SECONDS = 2.0  # how often a worker waiting for an orphan trial to age looks again
 MAX_DUPLICATES_IN_A_ROW = 50  # proposals that repeat a trial before the space is taken as exhausted
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AutokdError(Problem("CUDA is not available on this machine (use --device cpu or auto)",
-                                  file="--device"))
-    if device not in ("cpu", "cuda"):
-        raise AutokdError(Problem(f"unknown device {device!r} (valid: auto, cpu, cuda)", file="--device"))
-    return torch.device(device)
 
 
 def kd_possible(space: Space) -> bool:
@@ -98,6 +87,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    make_deterministic(dev)  # CUDA: twins differ only by KD
     name = study_name or space.name
     url = storage or default_storage(name)
     target, twins = space.search.n_trials, kd_twins_enabled(space)
