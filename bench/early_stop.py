@@ -47,7 +47,7 @@ three rho; without early stopping the same difference is ~0 (printed beside it).
 
 Last line: ``epoch_ratio=<report convention> hv_ratio=<report convention> kd_bias=<pts>
 epoch_ratio_without_stopping=... epoch_ratio_log=... epoch_ratio_log_without_stopping=... hv_ratio_log=...
-seeds=N seconds=S``. About 9-10 minutes on 2 busy cores (two arms of ~3 minutes side by side per seed); the
+seeds=N seconds=S``. About 7-10 minutes on 2 busy cores (two arms of 2-3 minutes side by side per seed); the
 simulation takes seconds.
 """
 
@@ -105,8 +105,9 @@ except KeyboardInterrupt:
 
 
 def overrides(args: argparse.Namespace, seed: int, early_stop: bool) -> list[str]:
-    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins) and fewer epochs."""
-    return ["distill.kd=false", "search.kd_twins=false", f"search.seed={seed}", f"search.n_trials={args.trials}",
+    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), TPE, the given epochs and budget."""
+    return ["distill.kd=false", "search.kd_twins=false", "search.sampler=tpe", f"search.seed={seed}",
+            f"search.n_trials={args.trials}",
             f"train.epochs={args.epochs}", f"compress.finetune_epochs={args.finetune_epochs}",
             f"search.early_stop={'true' if early_stop else 'false'}", f"name={NAME}"]
 
