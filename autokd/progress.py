@@ -8,7 +8,8 @@ A callback is ``callback(event: str, **data)``. Events used by the stages:
   lock of this cache file)
 - ``trial.start`` (number, params), ``trial.phase`` (phase, epochs), ``trial.epoch`` (phase, epoch, epochs, loss),
   ``trial.done`` (number, metrics, seconds), ``trial.fail`` (number, reason), ``trial.duplicate`` (number,
-  duplicate_of), ``trial.taken`` (number, state, reason: another worker finished this worker's trial)
+  duplicate_of), ``trial.taken`` (number, state, reason: another worker finished this worker's trial),
+  ``trial.stopped`` (number, reason, epochs, phase, epoch, val_accuracy, bound, by: early stopping)
 - ``study.resume`` (complete, target), ``study.stale`` (number), ``study.enqueue`` (number, reason),
   ``study.local_artifacts`` (path), ``study.neighbours`` (workers, threads, cores, suggested)
 """

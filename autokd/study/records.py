@@ -6,6 +6,7 @@ from typing import Any
 
 import optuna
 
+from autokd.early_stop import STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR
 from autokd.space import Space
 from autokd.study.storage import ATTR_TEACHER, metric_names
 from autokd.study.twins import kd_searched
@@ -27,6 +28,8 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "twin_of": t.user_attrs.get("twin_of"),
             "retry_of": t.user_attrs.get("retry_of"),
             "duplicate_of": t.user_attrs.get("duplicate_of"),
+            "stopped_reason": t.user_attrs.get(STOPPED_REASON_ATTR),
+            "stopped_epoch": t.user_attrs.get(STOPPED_EPOCH_ATTR),
             "teacher": t.user_attrs.get("teacher"),
             "teacher_hash": t.user_attrs.get("teacher_hash"),
         })

@@ -35,7 +35,7 @@ from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch
                                     share_teacher)
 from autokd.study.storage import (ATTR_TEACHER, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
-from autokd.study.twins import KD_PARAM, _params_key, enqueue_missing_twins, twin_params
+from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
 
 
@@ -99,7 +99,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         with quiet_optuna():  # RDB storages: trials of workers elsewhere whose heartbeat stopped
             optuna.storages.fail_stale_trials(study)
         if twins:
-            _enqueue_twins(study, progress)
+            enqueue_missing_twins(study, progress=progress)
         result.study, result.states = study, count_states(study)
         result.complete = result.states.get("COMPLETE", 0)
         progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
@@ -188,32 +188,10 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 result.failed_this_run += 1
                 result.last_error = last.user_attrs.get("fail_reason")
             if twins and last.state == TrialState.COMPLETE:
-                _enqueue_twins(study, progress)
+                enqueue_missing_twins(study, progress=progress)
     result.states = count_states(study)
     result.complete = result.states.get("COMPLETE", 0)
     return result
-
-
-def _enqueue_twins(study: optuna.Study, progress: ProgressCallback) -> None:
-    """Every COMPLETE trial's missing KD twin, including one whose settings only an early-stopped trial had (a
-    stopped trial is no twin: :func:`enqueue_missing_twins` skips any settings a trial already had, so such a
-    twin is queued here; it is never stopped, and not taken for a duplicate of the stopped trial)."""
-    enqueue_missing_twins(study, progress=progress)
-    trials = study.get_trials(deepcopy=False)
-    ran = {_params_key(t.params) for t in trials if t.state != TrialState.PRUNED}
-    ran |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
-    stopped = {_params_key(t.params) for t in trials
-               if t.state == TrialState.PRUNED and STOPPED_REASON_ATTR in t.user_attrs}
-    linked = {t.user_attrs.get("twin_of") for t in trials}
-    for t in trials:
-        if t.state != TrialState.COMPLETE or KD_PARAM not in t.params or t.number in linked:
-            continue
-        key = _params_key(twin_params(t.params))
-        if key in stopped and key not in ran:
-            with quiet_optuna():
-                study.enqueue_trial(twin_params(t.params), user_attrs={"twin_of": t.number})
-            ran.add(key)
-            progress("study.enqueue", number=t.number, reason="twin")
 
 
 def _artifact_store(artifacts: Any, url: str, name: str, progress: ProgressCallback) -> tuple[Any, Path | None]:

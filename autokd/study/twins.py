@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autokd.early_stop import STOPPED_REASON_ATTR
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
@@ -30,10 +31,12 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     """Enqueue the KD twin of every COMPLETE trial that has none (in any state); returns their originals' numbers.
 
     A twin that FAILED is not enqueued again (a broken configuration would otherwise loop forever); trials that
-    died with their worker are re-enqueued by :func:`recover_stale_trials` instead.
+    died with their worker are re-enqueued by :func:`recover_stale_trials` instead. A trial that early stopping
+    stopped is no twin: a twin whose settings only a stopped trial had is enqueued (and is never stopped).
     """
     trials = study.get_trials(deepcopy=False)
-    seen = {_params_key(t.params) for t in trials}
+    seen = {_params_key(t.params) for t in trials
+            if not (t.state == TrialState.PRUNED and STOPPED_REASON_ATTR in t.user_attrs)}
     seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
     done = []
     for t in trials:

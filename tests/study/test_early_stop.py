@@ -262,7 +262,7 @@ def test_a_twin_of_a_completed_trial_is_never_stopped(tiny_space, tmp_path):
 
 
 def test_a_twin_only_a_stopped_trial_had_the_settings_of_is_queued():
-    from autokd.study.runner import _enqueue_twins
+    from autokd.study.twins import enqueue_missing_twins
 
     study = optuna.create_study(directions=DIRS)
     dist = {"distill.kd": CategoricalDistribution([True, False]), "model.width_mult": CategoricalDistribution([0.25])}
@@ -271,10 +271,10 @@ def test_a_twin_only_a_stopped_trial_had_the_settings_of_is_queued():
     study.add_trial(stopped)
     study.add_trial(create_trial(values=[0.9, 1.0], params={"distill.kd": False, "model.width_mult": 0.25},
                                  distributions=dist))
-    _enqueue_twins(study, lambda *a, **k: None)
+    enqueue_missing_twins(study)
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].user_attrs["twin_of"] == 1
-    _enqueue_twins(study, lambda *a, **k: None)  # idempotent
+    enqueue_missing_twins(study)  # idempotent
     assert sum(t.state == TrialState.WAITING for t in study.get_trials()) == 1
 
 

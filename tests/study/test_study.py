@@ -328,8 +328,8 @@ def test_trial_records_are_plain_data(url, tiny_space):
     (r,) = trial_records(study)
     assert r == {"number": 0, "state": "COMPLETE", "values": [0.5, 100.0], "params": {"distill.kd": True},
                  "metrics": {"val_accuracy": 0.5, "flops": 100.0}, "settings": {"distill": {"kd": True}},
-                 "seconds": 1.5, "fail_reason": None, "twin_of": None, "retry_of": None, "duplicate_of": None, "teacher": None,
-                 "teacher_hash": None}
+                 "seconds": 1.5, "fail_reason": None, "twin_of": None, "retry_of": None, "duplicate_of": None,
+                 "stopped_reason": None, "stopped_epoch": None, "teacher": None, "teacher_hash": None}
 
 
 # --- a real crash ----------------------------------------------------------------------------------
