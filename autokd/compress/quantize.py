@@ -122,9 +122,10 @@ class _FakeQuantPerTensor(torch.autograd.Function):
     """``torch.fake_quantize_per_tensor_affine`` (same values, same straight-through gradient), as plain
     vectorized tensor ops, for the CPU.
 
-    Why by hand: torch's CPU kernel of that op (its cachemask variant, which training runs) is scalar code: forward
-    and backward of one 64x108x8x8 activation take 3.6 ms on one core, these tensor ops 0.7 ms; the op was a quarter
-    of the time of a 4-bit MobileNetV2 training step of the demo. The arithmetic is the op's
+    Why by hand: torch's CPU kernel of that op (its cachemask variant, which training runs) is slow on one thread:
+    forward and backward of one 64x108x8x8 activation take 3.6 ms on one core, these tensor ops 0.7 ms. A whole
+    4-bit MobileNetV2 trial of the demo on one thread (what each of ``--workers 2`` gets on 2 cores) takes 0.94x
+    the time with the op; on two threads the difference is within noise. The arithmetic is the op's
     own: ``q = round_half_even(x * (1 / scale)) + zero_point``, the gradient passes where ``qmin <= q <= qmax``,
     the value is ``(clamp(q, qmin, qmax) - zero_point) * scale`` (``tests/test_quantize.py`` checks equality with
     the op, values and gradients, ties included). On CUDA torch's fused kernel is used: one launch instead of nine.

@@ -38,9 +38,7 @@ def make_divisible(value: float, divisor: int) -> int:
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act:
-        # Not in place: under autograd an in-place hardtanh clones its input first (an extra pass over every
-        # activation), where the out-of-place one only allocates its output.
-        layers.append(nn.ReLU6())
+        layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
 
 
