@@ -25,7 +25,7 @@ def resolve_device(device: str) -> torch.device:
     or a CUDA device this machine lacks, is an :class:`AutokdError` located at ``--device``."""
     text = str(device).strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
     match = _CUDA.fullmatch(text)
@@ -57,4 +57,5 @@ def make_deterministic(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.cuda.set_device(device)
+    device = torch.device(device)
+    torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())

@@ -202,14 +202,17 @@ def planned_costs(cfg: TrialConfig, data: Splits) -> dict[str, float]:
     all); bit widths are settings. ``tests/test_planned_costs.py`` checks equality with trained trials'.
     """
     c = cfg.compress
-    model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    if c.prune_ratio > 0:
-        model = prune_model(model, ratio=c.prune_ratio, method="l1", example_input=data.train_x[:1].cpu(),
-                            round_to=c.round_to)
-    if c.bits != 32:
-        model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
-    model.eval()
-    return cost_metrics(model, tuple(data.train_x.shape[1:]))
+    # Building the copy draws from torch's global stream, which dropout of a trial in training draws from too:
+    # forked, so that asking for the costs mid-training (early stopping) changes nothing in the trial.
+    with torch.random.fork_rng(devices=[]):
+        model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+        if c.prune_ratio > 0:
+            model = prune_model(model, ratio=c.prune_ratio, method="l1", example_input=data.train_x[:1].cpu(),
+                                round_to=c.round_to)
+        if c.bits != 32:
+            model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
+        model.eval()
+        return cost_metrics(model, tuple(data.train_x.shape[1:]))
 
 
 def saved_model(model: nn.Module, cfg: TrialConfig, data: Splits, *, number: int, metrics: dict,

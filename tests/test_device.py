@@ -47,7 +47,7 @@ def test_deterministic_settings_only_for_cuda(monkeypatch):
     make_deterministic(torch.device("cpu"))
     assert calls == [] and torch.backends.cudnn.benchmark
     make_deterministic(torch.device("cuda", 1))
-    assert calls == [(True, True), ("set_device", torch.device("cuda", 1))]
+    assert calls == [(True, True), ("set_device", 1)]
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     import os
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
@@ -61,3 +61,17 @@ def test_search_with_a_missing_device_is_one_located_line(cli, monkeypatch):
     res = cli("search", "spaces/mobilenet.yaml", "--device", "cuda:1")
     assert res.code == 2 and "Traceback" not in res.err
     assert res.err_lines == ["error: --device: CUDA is not available on this machine (use --device cpu or auto)"]
+
+
+def test_auto_and_plain_cuda_set_an_indexed_device(monkeypatch):
+    """torch.cuda.set_device refuses a device without an index: 'auto' and 'cuda' must not hand it one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only=False: None)
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_to.append(d))
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    for dev in (resolve_device("auto"), torch.device("cuda")):
+        make_deterministic(dev)
+    assert set_to == [0, 0]

@@ -29,3 +29,18 @@ def test_planned_costs_equal_the_trained_models(tiny_space_data, method, ratio, 
     torch.set_num_threads(1)
     after = run_config(cfg, data).metrics
     assert {k: after[k] for k in before} == before
+
+
+def test_planned_costs_leave_the_global_random_stream_alone(tiny_space_data):
+    """Early stopping asks for the costs mid-training, where dropout draws from the global stream."""
+    s = copy.deepcopy(tiny_space_data)
+    s["distill"]["kd"] = False
+    s["search"]["kd_twins"] = False
+    s["model"]["width_mult"] = 0.5
+    s["compress"] = {"prune_ratio": 0.5, "bits": 4, "finetune_epochs": 1}
+    sp = space_from_dict(s)
+    data = load_dataset(sp.dataset)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    planned_costs(TrialConfig(resolve(sp, {}), {}), data)
+    assert torch.equal(torch.get_rng_state(), before)

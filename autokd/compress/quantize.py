@@ -148,7 +148,8 @@ class _FakeQuantPerTensor(torch.autograd.Function):
 def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                              qmax: int) -> torch.Tensor:
     """``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)``; on the CPU computed by
-    :class:`_FakeQuantPerTensor` (same values and gradient, several times faster)."""
+    :class:`_FakeQuantPerTensor` (same values and gradient; 5x faster per op on one thread, 0.94x the time of a
+    whole 4-bit trial on one thread, within noise on two)."""
     if x.device.type == "cpu":
         return _FakeQuantPerTensor.apply(x, scale, zero_point, qmin, qmax)
     return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)

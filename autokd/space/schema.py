@@ -212,11 +212,12 @@ class Space(_Strict):
 
 
 # Fields that set the budget, not the question: left out of the space hash so that a study can be
-# resumed or extended with more trials.
-BUDGET_FIELDS = {"search": {"n_trials", "max_failures"}}
+# resumed or extended with more trials (early stopping too: it decides how a budget is spent, and can be turned
+# on or off on resume).
+BUDGET_FIELDS = {"search": {"n_trials", "max_failures", "early_stop"}}
 # Fields added after studies already existed: left out of the hash while at their default, so that a study made
 # before they existed still resumes (its question did not change).
-LATER_FIELDS = {"search": {"early_stop": None}, "train": {"precision": "fp32"}}
+LATER_FIELDS = {"train": {"precision": "fp32"}}
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autokd.early_stop import STOPPED_REASON_ATTR
 from autokd.progress import ProgressCallback, silent
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
@@ -35,8 +34,9 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     stopped is no twin: a twin whose settings only a stopped trial had is enqueued (and is never stopped).
     """
     trials = study.get_trials(deepcopy=False)
-    seen = {_params_key(t.params) for t in trials
-            if not (t.state == TrialState.PRUNED and STOPPED_REASON_ATTR in t.user_attrs)}
+    # PRUNED trials are no twins: a duplicate's original is COMPLETE or RUNNING (seen through it), unless the
+    # original was early-stopped, and neither that nor its duplicates should hide the twin.
+    seen = {_params_key(t.params) for t in trials if t.state != TrialState.PRUNED}
     seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
     done = []
     for t in trials:

@@ -278,6 +278,23 @@ def test_a_twin_only_a_stopped_trial_had_the_settings_of_is_queued():
     assert sum(t.state == TrialState.WAITING for t in study.get_trials()) == 1
 
 
+def test_a_duplicate_of_a_stopped_trial_does_not_hide_the_twin():
+    from autokd.study.twins import enqueue_missing_twins
+
+    study = optuna.create_study(directions=DIRS)
+    dist = {"distill.kd": CategoricalDistribution([True, False]), "model.width_mult": CategoricalDistribution([0.25])}
+    params = {"distill.kd": True, "model.width_mult": 0.25}
+    study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=dist,
+                                 user_attrs={"stopped_reason": "planted"}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=dist,
+                                 user_attrs={"duplicate_of": 0}))  # the stopped settings proposed again
+    study.add_trial(create_trial(values=[0.9, 1.0], params={"distill.kd": False, "model.width_mult": 0.25},
+                                 distributions=dist))
+    enqueue_missing_twins(study)
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["twin_of"] == 2
+
+
 def test_the_search_default_with_kd_searched_keeps_no_curves(tiny_space, tmp_path):
     s = copy.deepcopy(tiny_space)
     s["model"]["width_mult"] = 0.25
