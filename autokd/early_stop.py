@@ -32,7 +32,7 @@ search's 216 epochs): the rung rule stopped 11-37 trials per search, mostly afte
 was 1.035x the plain search's (0.998-1.089). The extrapolation stopped 13-26, later, for 0.991x (0.975-1.011): it
 waits until fewer epochs remain to save, and still errs where pruning and quantization reshape the fine-tune phase.
 (On shuffled replays of 94 recorded curves with random proposals the extrapolation stopped fewer front trials; with
-TPE the rung rule's earlier stops paid more.)
+TPE the rung rule's earlier stops did better in this run, but over 3 seeds the ranges overlap: not established.)
 
 The rung rule is monotone in the completed trials: one more COMPLETE trial only adds peers and front points, so a
 stopped configuration proposed again would, with the same seeds and the same curve, be stopped again at the same
