@@ -176,7 +176,10 @@ Objective = Literal["flops", "bitops", "size", "params"]
 class SearchSpec(_Strict):
     """How Optuna searches: sampler, budget, seeds, objectives."""
 
-    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = Field(
+        "tpe", description="'tpe' (measured best on the default space, bench/samplers.py), 'nsga2', 'random', or "
+        "'gp' (Optuna's GPSampler: it models the cost values as told, and on BitOps spanning five decades it did "
+        "worse than random search; slow, about 0.7 s per proposal).")
     n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
     seed: int = 0
     objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
