@@ -135,6 +135,35 @@ def test_forward_uses_quantized_weights_and_inputs(qat4):
                               atol=1e-3)
 
 
+def _on_grid(x: torch.Tensor, qp) -> torch.Tensor:
+    """Quantize-dequantize written out from the grid alone (what an exporter's Q/DQ pair computes)."""
+    shape = [1] * x.dim()
+    if qp.axis is not None:
+        shape[qp.axis] = -1
+    scale, zp = qp.scale.reshape(shape), qp.zero_point.reshape(shape).float()
+    return (torch.clamp(torch.round(x / scale) + zp, qp.qmin, qp.qmax) - zp) * scale
+
+
+def test_qparams_describe_exactly_what_the_eval_forward_computes(qat4):
+    model, _ = qat4
+    model.eval()
+    for name, layer in quantized_layers(model).items():
+        wq, aq = layer.weight_qparams(), layer.input_qparams()
+        assert wq.axis == 0 and wq.scale.shape == (layer.weight.shape[0],), name
+        assert (wq.qmin, wq.qmax) == (-2 ** (layer.w_bits - 1), 2 ** (layer.w_bits - 1) - 1)
+        assert aq.axis is None and aq.scale.dim() == 0 and (aq.qmin, aq.qmax) == (0, 2 ** layer.a_bits - 1)
+        assert torch.allclose(_on_grid(layer.weight.detach(), wq), layer.quantized_weight(), atol=1e-6), name
+        x = torch.randn(3, *((layer.in_channels, 4, 4) if isinstance(layer, QuantConv2d) else (layer.in_features,)))
+        assert torch.allclose(_on_grid(x, aq), layer.quantize_input(x), atol=1e-6), name
+
+
+def test_qparams_are_none_where_nothing_is_quantized():
+    layer = quantize_model(tiny(), bits=4).features[2].block[0][0]
+    assert layer.input_qparams() is None  # no training batch has set a range yet
+    layer.set_bits(32, 32)
+    assert layer.weight_qparams() is None and layer.input_qparams() is None
+
+
 def test_activation_range_is_an_ema_in_training_and_frozen_in_eval():
     layer = quantize_model(nn.Sequential(nn.Linear(4, 3)), bits=8, keep_first_last=False)[0]
     layer.train()

@@ -51,7 +51,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     terminated.set()
 
 
-from autokd.cli import report, search, studies, validate  # noqa: E402  (commands register on `app`)
+from autokd.cli import export, report, schema, search, studies, validate  # noqa: E402  (commands register on `app`)
 
 __all__ = ["app", "main"]
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,18 @@ def _check_bits(name: str, bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or int(bits) not in QUANT_BITS:
         raise ValueError(f"{name} must be one of {', '.join(map(str, QUANT_BITS))}, got {bits!r}")
     return int(bits)
+
+
+class QParams(NamedTuple):
+    """An integer grid: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x ~ (q - zero_point) * scale``.
+
+    ``scale`` and ``zero_point`` (int32) are 0-d for a per-tensor grid, 1-d along ``axis`` for a per-channel one."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: int
+    qmax: int
+    axis: int | None = None
 
 
 class _FakeQuant:
@@ -69,18 +82,43 @@ class _FakeQuant:
         """Change the bit widths (e.g. weights and activations apart); 32 turns that quantizer off."""
         self.w_bits, self.a_bits = _check_bits("w_bits", w_bits), _check_bits("a_bits", a_bits)
 
-    def quantized_weight(self) -> torch.Tensor:
-        """The fake-quantized weight the forward uses: at most ``2^w_bits`` distinct values per output channel."""
-        w = self.weight
+    def weight_qparams(self) -> QParams | None:
+        """The integer grid of the weight the forward uses: symmetric, per output channel (axis 0); ``None`` at
+        32 bits. ``quantized_weight()`` is ``fake_quantize_per_channel_affine(weight, *these)``; an exporter
+        writes the same numbers (ONNX QuantizeLinear/DequantizeLinear, or the dequantized weight)."""
         if self.w_bits >= 32:
-            return w
+            return None
+        w = self.weight
         qmax = 2 ** (self.w_bits - 1) - 1
         # amax over every dim but the output channel, without flatten(1): that would copy a channels_last weight
         amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).float()
         scale = (amax / qmax).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero channel stays zero
         zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        wq = torch.fake_quantize_per_channel_affine(w.float(), scale, zero_point, 0, -qmax - 1, qmax)
+        return QParams(scale, zero_point, -qmax - 1, qmax, axis=0)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weight the forward uses: at most ``2^w_bits`` distinct values per output channel."""
+        qp = self.weight_qparams()
+        if qp is None:
+            return self.weight
+        w = self.weight
+        wq = torch.fake_quantize_per_channel_affine(w.float(), qp.scale, qp.zero_point, 0, qp.qmin, qp.qmax)
         return wq.to(w.dtype)
+
+    def input_qparams(self) -> QParams | None:
+        """The integer grid of the input in eval mode: asymmetric affine per tensor, ``[0, 2^a_bits - 1]``, from
+        the frozen running range; ``None`` at 32 bits or before any training batch set a range."""
+        if self.a_bits >= 32 or not self._calibrated:
+            return None
+        return self._input_grid(self.act_min, self.act_max)
+
+    def _input_grid(self, lo: torch.Tensor, hi: torch.Tensor) -> QParams:
+        qmax = 2 ** self.a_bits - 1
+        lo = lo.clamp(max=0.0)  # the range must contain 0 so that zero (padding, ReLU) is exact
+        hi = hi.clamp(min=0.0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-8)
+        zero_point = (-lo / scale).round().clamp(0, qmax).to(torch.int32)
+        return QParams(scale, zero_point, 0, qmax)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.a_bits >= 32:
@@ -101,12 +139,8 @@ class _FakeQuant:
         if self._calibrated:
             lo, hi = self.act_min, self.act_max
         # (else: evaluated before any training batch: quantize with this batch's own range, store nothing)
-        qmax = 2 ** self.a_bits - 1
-        lo = lo.clamp(max=0.0)  # the range must contain 0 so that zero (padding, ReLU) is exact
-        hi = hi.clamp(min=0.0)
-        scale = ((hi - lo) / qmax).clamp_min(1e-8)
-        zero_point = (-lo / scale).round().clamp(0, qmax).to(torch.int32)
-        xq = fake_quantize_per_tensor(x.float(), scale, zero_point, 0, qmax)
+        qp = self._input_grid(lo, hi)
+        xq = fake_quantize_per_tensor(x.float(), qp.scale, qp.zero_point, qp.qmin, qp.qmax)
         return xq.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
