@@ -41,6 +41,10 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
                                         help="Also draw the trials and both KD fronts (.png via matplotlib, "
                                              ".html via plotly)."),
+    plot_kd: Optional[Path] = typer.Option(None, "--plot-kd", metavar="FILE",
+                                           help="Also draw KD's gain overall and per technique and level, with "
+                                                "intervals, the ±--margin band and each technique's verdict (a "
+                                                "forest plot; .png/.svg/.pdf via matplotlib, .html via plotly)."),
     margin: MarginOpt = 1.0,
 ) -> None:
     """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL), with the KD
@@ -57,9 +61,18 @@ def report(
         if "kd" not in info:
             raise AutokdError(Problem("--plot draws KD on/off; this space does not search distill.kd", file="--plot"))
         write_plot(plot, trial_records(st), info["kd"], title=f"{st.study_name}: trials and Pareto fronts")
+    if plot_kd is not None:
+        from autokd.report.plot import write_kd_forest
+
+        if "kd" not in info:
+            raise AutokdError(Problem("--plot-kd draws KD's gain; this space does not search distill.kd",
+                                      file="--plot-kd"))
+        write_kd_forest(plot_kd, info["kd"], title=f"{st.study_name}: does KD's gain persist across techniques?")
     if json_:
         typer.echo(to_json(info))
     else:
         print_report(info, Console())
         if plot is not None:
             Console().print(f"Plot written to {plot}.")
+        if plot_kd is not None:
+            Console().print(f"KD forest plot written to {plot_kd}.")

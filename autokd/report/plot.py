@@ -94,3 +94,273 @@ def _plotly(path: Path, s: dict[str, Any], title: str) -> None:
                       xaxis_type="log")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The KD forest plot: KD's gain overall and per technique and level, from kd_analysis (numbers are selected and
+# labelled here, never computed).
+
+KD_PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".html")
+OVERALL_WORDS = {"adds": "KD adds", "hurts": "KD hurts", "no_clear_gain": "no clear gain",
+                 "too_few_pairs": "too few pairs for a verdict"}
+VERDICT_COLORS = {"orthogonal": "#2ca02c", "interacts": "#d62728", "undetermined": "#7f7f7f"}
+LEVEL_INTERVAL = "95% Student-t"  # the per-level interval of autokd.report.orthogonality (None below 3 pairs)
+
+
+def kd_forest_rows(kd: dict[str, Any]) -> dict[str, Any]:
+    """The rows of the KD forest plot, selected from ``kd`` (the report's KD section, :func:`kd_analysis`).
+
+    Values stay fractions of accuracy, exactly as in the report JSON (renderers scale them to points). Returns::
+
+        {"metric", "margin", "unit" ("pairs" or "configurations"),
+         "overall": {"mean", "ci_low", "ci_high", "n", "confidence", "method", "word"},
+         "techniques": [{"factor", "name", "verdict", "reason", "max_difference", "equivalence_confidence",
+                         "levels": [{"level", "label", "mean", "ci_low", "ci_high", "adjusted", "n"}, ...]}, ...]}
+
+    Levels keep the report's order; techniques keep its order (by factor name).
+    """
+    from autokd.report.verdict import level_name, short
+
+    metric = kd.get("metric", "val_accuracy")
+    g = kd["gain"][metric]
+    model = kd.get("model") or {}
+    techniques = []
+    for f in kd.get("factors") or []:
+        techniques.append({
+            "factor": f["factor"], "name": short(f["factor"]), "verdict": f.get("verdict", "undetermined"),
+            "reason": f.get("reason"), "max_difference": f.get("max_difference"),
+            "equivalence_confidence": model.get("equivalence_confidence"),
+            "levels": [{"level": lv["level"], "label": level_name(lv["level"]), "mean": lv.get("mean"),
+                        "ci_low": lv.get("ci_low"), "ci_high": lv.get("ci_high"), "adjusted": lv.get("adjusted"),
+                        "n": lv["n_pairs"]} for lv in f["levels"]]})
+    return {"metric": metric, "margin": kd.get("margin"),
+            "unit": "configurations" if kd.get("repeats", 1) > 1 else "pairs",
+            "overall": {"mean": g.get("mean"), "ci_low": g.get("ci_low"), "ci_high": g.get("ci_high"),
+                        "n": g.get("n_pairs"), "confidence": g.get("confidence"), "method": g.get("method"),
+                        "word": kd.get("overall")},
+            "techniques": techniques}
+
+
+def _pts(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def _signed(v: float) -> str:
+    return f"{100 * v:+.1f}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    """As the terminal KD tables write an interval (``+1.2 … +2.5``)."""
+    return "-" if low is None or high is None else f"{_signed(low)} … {_signed(high)}"
+
+
+def _fmt_gain(row: dict[str, Any]) -> str:
+    if row["mean"] is None:
+        return "no pairs"
+    if row["ci_low"] is None or row["ci_high"] is None:
+        return f"{_signed(row['mean'])} (n too small for an interval)"
+    return f"{_signed(row['mean'])} [{_interval(row['ci_low'], row['ci_high'])}]"
+
+
+def _difference_text(t: dict[str, Any]) -> str:
+    from autokd.report.verdict import level_name
+
+    d = t.get("max_difference")
+    if not d or d.get("estimate") is None:
+        return t.get("reason") or ""
+    conf = t.get("equivalence_confidence")
+    level = f"{round(100 * conf)}% CI " if conf else ""
+    return (f"largest difference {level_name(d['high'])}−{level_name(d['low'])} {_signed(d['estimate'])} "
+            f"[{level}{_interval(d.get('ci_low'), d.get('ci_high'))}]")
+
+
+def _forest_layout(rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-to-bottom lines of the figure: the overall gain, then per technique a heading and its levels."""
+    o = rows["overall"]
+    unit = rows["unit"]
+    word = OVERALL_WORDS.get(o.get("word"), o.get("word"))
+    lines = [{"kind": "overall", "label": "KD overall", "mean": o["mean"], "ci_low": o["ci_low"],
+              "ci_high": o["ci_high"], "n": o["n"], "text": _fmt_gain(o) + (f"   {word}" if word else ""),
+              "unit": unit}]
+    for t in rows["techniques"]:
+        lines.append({"kind": "technique", "label": t["name"], "verdict": t["verdict"], "text": _difference_text(t)})
+        for lv in t["levels"]:
+            lines.append({"kind": "level", "label": f"{t['name']} = {lv['label']}", "mean": lv["mean"],
+                          "ci_low": lv["ci_low"], "ci_high": lv["ci_high"], "adjusted": lv["adjusted"],
+                          "n": lv["n"], "text": _fmt_gain(lv), "unit": unit})
+    return lines
+
+
+def _forest_caption(rows: dict[str, Any]) -> str:
+    o = rows["overall"]
+    conf = round(100 * (o.get("confidence") or 0.95))
+    margin = rows["margin"]
+    adjusted = ("; open circle: gain adjusted for the other techniques (the report's model)"
+                if any(lv["adjusted"] is not None for t in rows["techniques"] for lv in t["levels"]) else "")
+    return (f"KD gain = {rows['metric']} with KD on − with KD off, paired twins, accuracy points. Overall (diamond): "
+            f"mean, {conf}% {(o.get('method') or 'student-t').replace('student', 'Student')} interval over {o['n']} {rows['unit']}. Levels: raw mean "
+            f"gain, {LEVEL_INTERVAL} interval (none below 3 {rows['unit']}){adjusted}. "
+            f"Shaded: overall gain ± margin ({100 * margin:.1f} pts). Verdicts (as in the report): a technique is "
+            "orthogonal when every difference of KD's gain between its levels has its interval inside ±margin.")
+
+
+def write_kd_forest(path: str | Path, kd: dict[str, Any], *, title: str = "") -> tuple[Path, Any]:
+    """Draw the KD forest plot of ``kd`` (the report's KD section) to ``path`` (.png/.svg/.pdf: matplotlib,
+    .html: plotly). Returns (path, the matplotlib Figure or plotly Figure that was written)."""
+    path = Path(path)
+    if path.suffix.lower() not in KD_PLOT_SUFFIXES:
+        raise AutokdError(Problem(f"cannot draw {path.name}: use a .png, .svg, .pdf or .html file", file="--plot-kd"))
+    rows = kd_forest_rows(kd)
+    if rows["overall"]["mean"] is None:
+        raise AutokdError(Problem("no complete KD pairs to draw yet; run the search first", file="--plot-kd"))
+    title = title or f"Does KD's gain persist across techniques? ({rows['metric']})"
+    if path.suffix.lower() == ".html":
+        fig = _forest_plotly(path, rows, title)
+    else:
+        fig = _forest_matplotlib(path, rows, title)
+    return path, fig
+
+
+def _forest_matplotlib(path: Path, rows: dict[str, Any], title: str) -> Any:
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
+
+    lines = _forest_layout(rows)
+    n = len(lines)
+    caption = textwrap.fill(_forest_caption(rows), 150)
+    cap_lines = caption.count("\n") + 1
+    top_in, bottom_in = 1.05, 0.75 + 0.16 * cap_lines  # title + legend; x label + caption
+    height = top_in + bottom_in + 0.3 * n
+    width = 13.0
+    fig, ax = plt.subplots(figsize=(width, height), dpi=120)
+    ys = list(range(n, 0, -1))
+    o = rows["overall"]
+    margin = 100 * rows["margin"]
+    centre = _pts(o["mean"])
+    ax.axvspan(centre - margin, centre + margin, color="tab:orange", alpha=0.15, zorder=0, linewidth=0,
+               label=f"overall gain ± margin ({margin:.1f} pts)", gid="margin-band")
+    ax.axvline(0, color="0.2", linewidth=1, zorder=1, gid="zero")
+    ax.axvline(centre, color="tab:orange", linewidth=0.8, linestyle="--", zorder=1)
+    text_tf = blended_transform_factory(ax.transAxes, ax.transData)
+    n_x, gain_x = 1.015, 1.09  # the text columns right of the axes (axes fractions)
+    ax.text(n_x, 1.0, rows["unit"], transform=ax.transAxes, va="bottom", ha="left", fontsize=8, color="0.4")
+    ax.text(gain_x, 1.0, "gain [interval] / verdict of the technique", transform=ax.transAxes, va="bottom",
+            ha="left", fontsize=8, color="0.4")
+    handles: dict[str, Any] = {}
+    for y, line in zip(ys, lines):
+        if line["kind"] == "technique":
+            ax.axhline(y + 0.5, color="0.75", linewidth=0.6, zorder=0)
+            verdict = ax.text(gain_x, y, line["verdict"], transform=text_tf, va="center", ha="left", fontsize=9,
+                              fontweight="bold", color=VERDICT_COLORS.get(line["verdict"], "0.3"),
+                              gid=f"verdict:{line['label']}")
+            ax.annotate(line["text"], xy=(1, 0.5), xycoords=verdict, xytext=(6, 0), textcoords="offset points",
+                        va="center", ha="left", fontsize=8, color="0.3", annotation_clip=False)
+            continue
+        mean, lo, hi = _pts(line["mean"]), _pts(line["ci_low"]), _pts(line["ci_high"])
+        overall = line["kind"] == "overall"
+        color = "black" if overall else "tab:blue"
+        if mean is not None and lo is not None and hi is not None:
+            bar = ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="none", ecolor=color,
+                              elinewidth=2 if overall else 1.4, capsize=3, zorder=3)
+            bar.lines[2][0].set_gid(f"interval:{line['label']}")  # the bar itself (a LineCollection), not its caps
+            handles.setdefault("interval", bar)
+        if mean is not None:
+            point, = ax.plot([mean], [y], marker="D" if overall else "s", markersize=11 if overall else 6,
+                             color=color, zorder=4, linestyle="none", gid=f"point:{line['label']}")
+            handles.setdefault("overall" if overall else "level", point)
+        if line.get("adjusted") is not None:
+            adj, = ax.plot([_pts(line["adjusted"])], [y], marker="o", markersize=10, markerfacecolor="none",
+                           markeredgecolor="tab:purple", markeredgewidth=1.2, linestyle="none", zorder=5,
+                           gid=f"adjusted:{line['label']}")
+            handles.setdefault("adjusted", adj)
+        ax.text(n_x, y, str(line["n"]), transform=text_tf, va="center", ha="left", fontsize=8)
+        ax.text(gain_x, y, line["text"], transform=text_tf, va="center", ha="left", fontsize=8,
+                fontweight="bold" if overall else "normal")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([line["label"] if line["kind"] != "level" else line["label"].split(" = ", 1)[1]
+                        for line in lines])
+    for tick, line in zip(ax.get_yticklabels(), lines):
+        if line["kind"] != "level":
+            tick.set_fontweight("bold")
+    ax.tick_params(axis="y", length=0)
+    ax.set_ylim(0.4, n + 0.6)
+    ax.set_xlabel(f"KD gain on {rows['metric']} (KD on − KD off, accuracy points)")
+    ax.grid(True, axis="x", alpha=0.3)
+    labels = {"overall": f"overall gain, {round(100 * (o.get('confidence') or 0.95))}% interval",
+              "level": f"gain at a level, {LEVEL_INTERVAL} interval", "adjusted": "model-adjusted gain at a level"}
+    band = [h for h in ax.patches if h.get_gid() == "margin-band"]
+    ax.legend([handles[k] for k in labels if k in handles] + band,
+              [labels[k] for k in labels if k in handles] + [band[0].get_label()] if band else [],
+              loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False, borderaxespad=0.3)
+    fig.text(0.01, 1 - 0.12 / height, title, fontsize=11, fontweight="bold", va="top", ha="left")
+    fig.text(0.01, 0.08 / height, caption, fontsize=7.5, color="0.3", va="bottom", ha="left")
+    fig.subplots_adjust(left=0.11, right=0.56, top=1 - top_in / height, bottom=bottom_in / height)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return fig
+
+
+def _forest_plotly(path: Path, rows: dict[str, Any], title: str) -> Any:
+    import textwrap
+
+    try:
+        import plotly.graph_objects as go
+    except ImportError:  # pragma: no cover - plotly is a dependency, but may be removed
+        raise AutokdError(Problem("writing .html needs plotly (pip install plotly); or use a .png file",
+                                  file="--plot-kd")) from None
+    lines = _forest_layout(rows)
+    n = len(lines)
+    ys = list(range(n, 0, -1))
+    o = rows["overall"]
+    margin = 100 * rows["margin"]
+    centre = _pts(o["mean"])
+    fig = go.Figure()
+    for kind, name, symbol, size, color in (("overall", "KD overall", "diamond", 14, "black"),
+                                            ("level", "KD gain at a level", "square", 9, "#1f77b4")):
+        pick = [(y, ln) for y, ln in zip(ys, lines) if ln["kind"] == kind and ln["mean"] is not None]
+        fig.add_trace(go.Scatter(
+            x=[_pts(ln["mean"]) for _, ln in pick], y=[y for y, _ in pick], mode="markers", name=name,
+            marker={"symbol": symbol, "size": size, "color": color},
+            error_x={"type": "data", "symmetric": False,
+                     "array": [None if ln["ci_high"] is None else _pts(ln["ci_high"] - ln["mean"]) for _, ln in pick],
+                     "arrayminus": [None if ln["ci_low"] is None else _pts(ln["mean"] - ln["ci_low"])
+                                    for _, ln in pick]},
+            text=[f"{ln['label']}: {ln['text']}, n={ln['n']}" for _, ln in pick], hoverinfo="text"))
+    adj = [(y, ln) for y, ln in zip(ys, lines) if ln.get("adjusted") is not None]
+    if adj:
+        fig.add_trace(go.Scatter(x=[_pts(ln["adjusted"]) for _, ln in adj], y=[y for y, _ in adj], mode="markers",
+                                 name="model-adjusted gain",
+                                 marker={"symbol": "circle-open", "size": 9, "color": "#9467bd"},
+                                 text=[f"{ln['label']}: adjusted {100 * ln['adjusted']:+.1f}" for _, ln in adj],
+                                 hoverinfo="text"))
+    fig.add_vrect(x0=centre - margin, x1=centre + margin, fillcolor="orange", opacity=0.15, line_width=0,
+                  layer="below")
+    fig.add_vline(x=0, line={"color": "black", "width": 1})
+    fig.add_vline(x=centre, line={"color": "orange", "width": 1, "dash": "dash"})
+    for y, ln in zip(ys, lines):
+        if ln["kind"] == "technique":
+            right = (f"<b><span style='color:{VERDICT_COLORS.get(ln['verdict'], '#444')}'>{ln['verdict']}</span></b>"
+                     f"  {ln['text']}")
+        else:
+            right = f"n={ln['n']}   {ln['text']}"
+        fig.add_annotation(x=1.01, xref="paper", y=y, yref="y", text=right, showarrow=False, xanchor="left",
+                           font={"size": 11})
+    fig.update_layout(
+        title=title, height=160 + 28 * n, width=1200, margin={"r": 560, "b": 150},
+        xaxis_title=f"KD gain on {rows['metric']} (KD on − KD off, accuracy points)",
+        yaxis={"tickvals": ys, "ticktext": [f"<b>{ln['label']}</b>" if ln["kind"] != "level"
+                                            else ln["label"].split(" = ", 1)[1] for ln in lines],
+               "range": [0.4, n + 0.6]},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
+    fig.add_annotation(x=0, xref="paper", y=-0.12, yref="paper", yanchor="top", xanchor="left", showarrow=False,
+                       align="left", font={"size": 10, "color": "#555"},
+                       text="<br>".join(textwrap.wrap(_forest_caption(rows), 150)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True)
+    return fig
