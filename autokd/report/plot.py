@@ -162,6 +162,11 @@ def _fmt_gain(row: dict[str, Any]) -> str:
     return f"{_signed(row['mean'])} [{_interval(row['ci_low'], row['ci_high'])}]"
 
 
+def _clip(text: str, width: int = 80) -> str:
+    """One row's text, cut (visibly) where it would run off the figure; the terminal report has it whole."""
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def _difference_text(t: dict[str, Any]) -> str:
     from autokd.report.verdict import level_name
 
@@ -183,7 +188,8 @@ def _forest_layout(rows: dict[str, Any]) -> list[dict[str, Any]]:
               "ci_high": o["ci_high"], "n": o["n"], "text": _fmt_gain(o) + (f"   {word}" if word else ""),
               "unit": unit}]
     for t in rows["techniques"]:
-        lines.append({"kind": "technique", "label": t["name"], "verdict": t["verdict"], "text": _difference_text(t)})
+        lines.append({"kind": "technique", "label": t["name"], "verdict": t["verdict"],
+                      "text": _clip(_difference_text(t))})
         for lv in t["levels"]:
             lines.append({"kind": "level", "label": f"{t['name']} = {lv['label']}", "mean": lv["mean"],
                           "ci_low": lv["ci_low"], "ci_high": lv["ci_high"], "adjusted": lv["adjusted"],
@@ -234,9 +240,11 @@ def _forest_matplotlib(path: Path, rows: dict[str, Any], title: str) -> Any:
     n = len(lines)
     caption = textwrap.fill(_forest_caption(rows), 150)
     cap_lines = caption.count("\n") + 1
-    top_in, bottom_in = 1.05, 0.75 + 0.16 * cap_lines  # title + legend; x label + caption
+    entries = 2 + any(line.get("adjusted") is not None for line in lines) + any(  # legend: overall, band, ...
+        line["kind"] == "level" and line["mean"] is not None for line in lines)
+    top_in, bottom_in = 0.6 + 0.2 * ((entries + 1) // 2), 0.75 + 0.16 * cap_lines  # title + legend; x label + caption
     height = top_in + bottom_in + 0.3 * n
-    width = 13.0
+    width = 14.0
     fig, ax = plt.subplots(figsize=(width, height), dpi=120)
     ys = list(range(n, 0, -1))
     o = rows["overall"]
@@ -299,7 +307,8 @@ def _forest_matplotlib(path: Path, rows: dict[str, Any], title: str) -> Any:
               loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False, borderaxespad=0.3)
     fig.text(0.01, 1 - 0.12 / height, title, fontsize=11, fontweight="bold", va="top", ha="left")
     fig.text(0.01, 0.08 / height, caption, fontsize=7.5, color="0.3", va="bottom", ha="left")
-    fig.subplots_adjust(left=0.11, right=0.56, top=1 - top_in / height, bottom=bottom_in / height)
+    left = min(0.25, (0.3 + 0.085 * max(len(label.get_text()) for label in ax.get_yticklabels())) / width)
+    fig.subplots_adjust(left=left, right=0.53, top=1 - top_in / height, bottom=bottom_in / height)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
