@@ -203,8 +203,9 @@ def _forest_caption(rows: dict[str, Any]) -> str:
     margin = rows["margin"]
     adjusted = ("; open circle: gain adjusted for the other techniques (the report's model)"
                 if any(lv["adjusted"] is not None for t in rows["techniques"] for lv in t["levels"]) else "")
+    method = (o.get("method") or "student-t").replace("student", "Student")
     return (f"KD gain = {rows['metric']} with KD on − with KD off, paired twins, accuracy points. Overall (diamond): "
-            f"mean, {conf}% {(o.get('method') or 'student-t').replace('student', 'Student')} interval over {o['n']} {rows['unit']}. Levels: raw mean "
+            f"mean, {conf}% {method} interval over {o['n']} {rows['unit']}. Levels: raw mean "
             f"gain, {LEVEL_INTERVAL} interval (none below 3 {rows['unit']}){adjusted}. "
             f"Shaded: overall gain ± margin ({100 * margin:.1f} pts). Verdicts (as in the report): a technique is "
             "orthogonal when every difference of KD's gain between its levels has its interval inside ±margin.")
@@ -361,15 +362,16 @@ def _forest_plotly(path: Path, rows: dict[str, Any], title: str) -> Any:
         fig.add_annotation(x=1.01, xref="paper", y=y, yref="y", text=right, showarrow=False, xanchor="left",
                            font={"size": 11})
     fig.update_layout(
-        title=title, height=160 + 28 * n, width=1200, margin={"r": 560, "b": 150},
+        title={"text": title, "x": 0.01, "xanchor": "left"}, height=330 + 28 * n, width=1250,
+        margin={"l": 130, "r": 590, "t": 110, "b": 190},
         xaxis_title=f"KD gain on {rows['metric']} (KD on − KD off, accuracy points)",
         yaxis={"tickvals": ys, "ticktext": [f"<b>{ln['label']}</b>" if ln["kind"] != "level"
                                             else ln["label"].split(" = ", 1)[1] for ln in lines],
                "range": [0.4, n + 0.6]},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
-    fig.add_annotation(x=0, xref="paper", y=-0.12, yref="paper", yanchor="top", xanchor="left", showarrow=False,
+    fig.add_annotation(x=0, xref="paper", y=0, yref="paper", yshift=-60, yanchor="top", xanchor="left", showarrow=False,
                        align="left", font={"size": 10, "color": "#555"},
-                       text="<br>".join(textwrap.wrap(_forest_caption(rows), 150)))
+                       text="<br>".join(textwrap.wrap(_forest_caption(rows), 140)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True)
     return fig
