@@ -29,7 +29,7 @@ app = typer.Typer(
     help="Declarative AutoML search: NAS, pruning, quantization and knowledge distillation as joint "
          "hyperparameters, with a report of whether KD's gain persists.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -49,6 +49,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     # lands in a finalizer or weakref callback. The search raises Terminated at its next progress event (each
     # epoch, each stage), where it is safe; other commands are short and finish.
     terminated.set()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autokd import __version__
+
+        typer.echo(f"autokd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass  # the app's help text is Typer(help=...) above
 
 
 from autokd.cli import export, report, schema, search, studies, validate  # noqa: E402  (commands register on `app`)
@@ -101,6 +115,8 @@ def _run(args: list[str], console: Console, debug: bool) -> int:
         return EXIT_INPUT
     except typer.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:  # shell completion (_AUTOKD_COMPLETE, --show/--install-completion) exits this way
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_INTERNAL)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(console, args)
         return EXIT_TERMINATED if terminated.is_set() else EXIT_INTERRUPTED
@@ -108,6 +124,8 @@ def _run(args: list[str], console: Console, debug: bool) -> int:
         ctx = getattr(exc, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "autokd"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if not message.strip():  # `autokd` alone: the help is already shown
+            return EXIT_INPUT
         _err(console, f"{cmd}: {message} (see '{cmd} --help')")
         return EXIT_INPUT
     except Exception as exc:  # the last line of defence: never a traceback unless asked for
