@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def _check(fmt: str, path: Path, side_path: Path, reference: Any, test_x: torch.
     if fmt == "onnx":
         return verify.check_onnx(path.read_bytes(), reference, test_x, runs=runs, threads=threads)
     if fmt == "torchscript":
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            loaded = torch.jit.load(str(path), map_location="cpu")
         return verify.check_torch(loaded, reference, test_x, runs=runs, threads=threads,
                                   runtime=f"torch {torch.__version__} (torch.jit)")
     return verify.check_torch(rebuild_from_sidecar(path, side_path), reference, test_x, runs=runs,
