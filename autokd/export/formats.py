@@ -56,12 +56,16 @@ def state_dict_bytes(model: nn.Module) -> bytes:
 
 
 def onnx_summary(data: bytes) -> dict[str, Any]:
-    """What an ONNX model holds: op counts, opset, and how many initializers are int8/uint8 (needs ``onnx``)."""
+    """What an ONNX model holds: op counts, opset, how many initializers are int8/uint8 and how many of those are
+    weights (needs ``onnx``)."""
     import onnx
 
     model = onnx.load_from_string(data)
     ops = Counter(n.op_type for n in model.graph.node)
     int_types = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
-    ints = Counter(int_types[i.data_type] for i in model.graph.initializer if i.data_type in int_types)
+    ints = [i for i in model.graph.initializer if i.data_type in int_types]
+    weights = Counter(int_types[i.data_type] for i in ints if len(i.dims) >= 2)  # not the zero points (1-d)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    return {"opset": opset, "ops": dict(sorted(ops.items())), "integer_initializers": dict(ints)}
+    return {"opset": opset, "ops": dict(sorted(ops.items())),
+            "integer_initializers": dict(Counter(int_types[i.data_type] for i in ints)),
+            "integer_weights": dict(weights)}

@@ -40,8 +40,10 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """How one layer is written: ``weights`` in {"float", "int8", "uint8", "dequantized"}, ``activations`` in
-    {"float", "int8", "uint8", "round_clip", "fake_quant"} (int8/uint8: real ONNX Q/DQ)."""
+    """How one quantized layer is written: ``weights`` in {"float", "int8", "uint8", "dequantized", "fake_quant"},
+    ``activations`` in {"float", "int8", "uint8", "round_clip", "fake_quant"} (int8/uint8: real ONNX Q/DQ;
+    dequantized: the grid's values as float constants; round_clip: float arithmetic; fake_quant: torch's op, or
+    in a state_dict the rebuilt layer's own forward)."""
 
     name: str
     w_bits: int

@@ -84,7 +84,7 @@ def test_pareto_onnx_export_writes_one_checked_file_per_pareto_trial(export, tmp
     assert {"QuantizeLinear", "DequantizeLinear"} <= _onnx_ops(files[0])
     layers = side["quantization"]["layers"]
     assert layers and all(p["weights"] == "int8" and p["activations"] == "uint8" for p in layers.values())
-    assert side["onnx"]["integer_initializers"]["int8"] >= len(layers)
+    assert side["onnx"]["integer_weights"] == {"int8": len(layers)}
     assert all(row.get("w_bits") == 8 for row in side["architecture"]["layers"].values() if row["type"] != "batchnorm2d")
 
 
