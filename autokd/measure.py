@@ -21,7 +21,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the model, not counting the quantizers' own (LSQ step sizes, scales like min/max ranges)."""
+    from autokd.compress.quantize import quantizer_parameters
+
+    scales = quantizer_parameters(model)
+    return sum(p.numel() for p in model.parameters() if id(p) not in scales)
 
 
 @torch.no_grad()
@@ -70,13 +74,14 @@ def size_bytes(model: nn.Module) -> int:
     """Storage of the parameters: quantized layers' weights at their weight bits, everything else at 32 bits.
 
     Biases, BatchNorm and unquantized weights are counted at 32 bits (they stay float in integer inference);
-    per-channel scales and the activation ranges (buffers) are not counted.
+    per-channel scales, the activation ranges (buffers) and LSQ's learned step sizes are not counted.
     """
-    from autokd.compress.quantize import layer_bits
+    from autokd.compress.quantize import layer_bits, quantizer_parameters
 
     modules = dict(model.named_modules())
     low_bit = {id(modules[name].weight): w for name, (w, _) in layer_bits(model).items()}
-    total_bits = sum(p.numel() * low_bit.get(id(p), 32) for p in model.parameters())
+    scales = quantizer_parameters(model)
+    total_bits = sum(p.numel() * low_bit.get(id(p), 32) for p in model.parameters() if id(p) not in scales)
     return -(-total_bits // 8)
 
 

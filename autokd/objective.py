@@ -179,7 +179,8 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
         model = prune_model(model, ratio=c.prune_ratio, method=c.prune_method, example_input=data.train_x[:1],
                             round_to=c.round_to, calibration=calib)
     if c.bits != 32:
-        model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
+        model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last,
+                                   quantizer=c.quantizer)
     if c.finetune_epochs:
         lr = c.finetune_lr if c.finetune_lr is not None else cfg.train.lr / 2
         phase("finetune", Optim.from_train(cfg.train, epochs=c.finetune_epochs, lr=lr))
@@ -210,7 +211,8 @@ def planned_costs(cfg: TrialConfig, data: Splits) -> dict[str, float]:
             model = prune_model(model, ratio=c.prune_ratio, method="l1", example_input=data.train_x[:1].cpu(),
                                 round_to=c.round_to)
         if c.bits != 32:
-            model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last)
+            model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last,
+                                   quantizer=c.quantizer)
         model.eval()
         return cost_metrics(model, tuple(data.train_x.shape[1:]))
 

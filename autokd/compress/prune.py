@@ -12,6 +12,16 @@ Removing channels by hand would have to re-derive exactly that coupling for ever
 The ratio is applied uniformly (``global_pruning=False``): every group loses the same fraction of its channels.
 Global ranking would let magnitudes of differently-scaled layers decide the architecture, which makes the pruning
 ratio a worse hyperparameter (the same ratio gives very different models from trial to trial).
+
+NNI criteria (``nni-l1``, ``nni-l2``, ``nni-fpgm``; ``pip install "autokd[nni]"``, imported only when used): NNI 3.0's
+pruners score the output channels of every conv of the trained model (L1/L2 norm of each filter, or FPGM's distance
+to the other filters: a filter near the geometric median is replaceable). NNI's masks are per layer and NNI's own
+speedup does not run on current torch, so autokd removes the channels itself, through the same dependency graph as
+the native criteria: a group's channel score is the sum of NNI's scores of that channel over the group's convs
+(the expansion, the depthwise conv, both sides of a residual add). Pruning stays uniform per group, so the pruned
+architecture (FLOPs, parameters) is the one the native criteria give at the same ratio. NNI's Taylor pruner is not
+offered: it needs NNI's training evaluator (it collects gradients through its own patched optimizer); the native
+``taylor`` criterion is the same first-order score.
 """
 
 from __future__ import annotations
@@ -23,10 +33,69 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-PRUNE_METHODS = ("l1", "l2", "random", "taylor", "bn_scale")
+NNI_PRUNE_METHODS = ("nni-l1", "nni-l2", "nni-fpgm")
+PRUNE_METHODS = ("l1", "l2", "random", "taylor", "bn_scale", *NNI_PRUNE_METHODS)
+NNI_INSTALL = 'pip install "autokd[nni]"'
 
 
-def _importance(method: str) -> tp.importance.Importance:
+def _nni_pruner_class(method: str):
+    """NNI's pruner class for an ``nni-*`` method (imported here: a plain install has no NNI)."""
+    try:
+        from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner
+    except ImportError as exc:
+        raise ImportError(f"pruning method {method!r} needs NNI 3.0: {NNI_INSTALL} ({exc})") from exc
+    return {"nni-l1": L1NormPruner, "nni-l2": L2NormPruner, "nni-fpgm": FPGMPruner}[method]
+
+
+def nni_channel_scores(model: nn.Module, method: str) -> dict[nn.Module, torch.Tensor]:
+    """NNI's score of every output channel of every ``nn.Conv2d`` of ``model`` but the classifier's: {conv: (C_out,)}.
+
+    Higher is more important (L1/L2 norm of the filter; FPGM: summed distance to the other filters of the layer).
+    The model is wrapped by NNI only while scoring and unwrapped before returning (same modules, same weights).
+    """
+    pruner_class = _nni_pruner_class(method)
+    head = {id(m) for m in model.classifier.modules()}
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in head}
+    if not convs:
+        return {}
+    # The sparse ratio only matters to NNI's masks, which are not used: the scores are.
+    pruner = pruner_class(model, [{"op_names": sorted(convs), "sparse_ratio": 0.5}])
+    try:
+        with torch.no_grad():
+            # NNI's public API gives only the binary masks at one ratio (get_masks/compress); the per-channel metrics
+            # behind them, needed to sum scores over torch-pruning's coupled groups, come from these two methods.
+            metrics = pruner._calculate_metrics(pruner._collect_data())
+    finally:
+        pruner.unwrap_model()
+    return {convs[name]: targets["weight"].detach().reshape(-1).float().cpu() for name, targets in metrics.items()
+            if name in convs and "weight" in targets}
+
+
+class GroupScoreImportance(tp.importance.Importance):
+    """torch-pruning importance from given per-layer output-channel scores: a group's score of a channel is the sum
+    of the scores of that channel over the group's scored layers (layers without a score add nothing; a group with
+    no scored layer gets zeros, i.e. keeps its first channels, so it is still pruned at the same ratio)."""
+
+    def __init__(self, scores: dict[nn.Module, torch.Tensor]):
+        self.scores = {id(m): s for m, s in scores.items()}
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        total = torch.zeros(len(group[0].idxs))  # the root layer's item lists every channel of the group
+        for i, (dep, idxs) in enumerate(group):
+            score = self.scores.get(id(dep.layer))
+            # Only the output side of a scored conv (depthwise ones included) carries its own channel scores.
+            if score is None or not isinstance(dep.layer, nn.Conv2d) or not (
+                    dep.pruning_fn.__name__.endswith("out_channels")):
+                continue
+            root_idxs = group[i].root_idxs
+            if any(r is None for r in root_idxs):
+                continue
+            total.scatter_add_(0, torch.as_tensor(root_idxs), score[torch.as_tensor(list(idxs))])
+        return total
+
+
+def _importance(method: str, model: nn.Module | None = None) -> tp.importance.Importance:
     # torch-pruning 1.6 importance classes; group scores are averaged over the coupled layers and mean-normalized.
     if method == "l1":
         return tp.importance.MagnitudeImportance(p=1)
@@ -41,6 +110,8 @@ def _importance(method: str) -> tp.importance.Importance:
     if method == "bn_scale":
         # |gamma| of the BatchNorm after each conv (network slimming, Liu et al. 2017).
         return tp.importance.BNScaleImportance()
+    if method in NNI_PRUNE_METHODS:
+        return GroupScoreImportance(nni_channel_scores(model, method))
     raise AssertionError(method)  # validated before
 
 
@@ -82,10 +153,11 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
     """Remove ``ratio`` of the channels of every prunable group of ``model`` (in place) and return it.
 
     ``method`` ranks channels within each group: ``l1`` / ``l2`` (weight magnitude), ``random``, ``taylor``
-    (first-order Taylor, needs ``calibration=(x, y)``), ``bn_scale`` (BatchNorm |gamma|). ``example_input`` is a
-    batch used only to trace the graph. ``model.classifier`` keeps its outputs (the classes); its inputs shrink
-    with the head. Channel counts left in each group are rounded down to a multiple of ``round_to`` by
-    torch-pruning; a group too small to keep one multiple is left unpruned.
+    (first-order Taylor, needs ``calibration=(x, y)``), ``bn_scale`` (BatchNorm |gamma|), or NNI's scores summed
+    over the group: ``nni-l1``, ``nni-l2``, ``nni-fpgm`` (needs NNI: ``pip install "autokd[nni]"``).
+    ``example_input`` is a batch used only to trace the graph. ``model.classifier`` keeps its outputs (the
+    classes); its inputs shrink with the head. Channel counts left in each group are rounded down to a multiple of
+    ``round_to`` by torch-pruning; a group too small to keep one multiple is left unpruned.
 
     ``ratio == 0`` returns the model untouched. The model keeps its device and train/eval mode; any ``.grad`` is
     cleared (parameters are replaced by smaller ones, so an existing optimizer must be rebuilt).
@@ -100,7 +172,7 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
             _taylor_gradients(model, calibration, device)
         with torch.enable_grad():  # the dependency graph is traced through autograd
             pruner = tp.pruner.BasePruner(
-                model, example_input.to(device), importance=_importance(method), global_pruning=False,
+                model, example_input.to(device), importance=_importance(method, model), global_pruning=False,
                 pruning_ratio=float(ratio), ignored_layers=[model.classifier],
                 round_to=round_to if round_to > 1 else None,
                 # A plain tensor would otherwise first be tried as model(*example_input), i.e. split along the batch.

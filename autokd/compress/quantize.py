@@ -25,12 +25,25 @@ Known limit (measured by ``bench/compress.py`` on digits): 2-bit *activations* w
 levels mostly to outliers, so W2A2 stays near chance (and BatchNorm over channels that collapse to a constant can
 blow up the gradients), while 2-bit weights with 8-bit activations recover well. Learned ranges (PACT, LSQ) are
 the known remedy.
+
+``quantizer="lsq"``: learned step size quantization (Esser et al. 2020, "Learned Step Size Quantization"), by
+:class:`LsqConv2d` / :class:`LsqLinear`. One step size per tensor for the weight and one for the input, both
+trained with the model (``nn.Parameter``); integers symmetric ``[-2^(b-1), 2^(b-1) - 1]`` for weights, and for
+inputs ``[0, 2^b - 1]`` when the first training batch is non-negative (after a ReLU), else signed; steps initialized
+to ``2 mean|x| / sqrt(qmax)``; their gradient scaled by ``1 / sqrt(N qmax)`` (N: weights of the layer, or input
+features per image); rounding straight-through. Per tensor as in the paper, and so that a quantized model can still be
+pruned (a per-channel step would have to be pruned along with its channels). Why native and not NNI 3.0's
+``LsqQuantizer``: NNI wraps each layer with a ``_nni_wrapper`` child, after which FlopCounterMode attributes no FLOPs
+to the layers (BitOps came out 0), torch-pruning on a wrapped model breaks its forward ("TypeError: cannot assign
+'torch.FloatTensor' as parameter 'weight'"), the saved ``_nni_wrapper.*`` state rebuilds only by re-running NNI's
+wrapping with its evaluator, and NNI counts training steps through its own patched optimizer, not autokd's loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import numbers
 from typing import NamedTuple
 
@@ -39,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+QUANTIZERS = ("minmax", "lsq")
 ACT_MOMENTUM = 0.1
 
 
@@ -63,6 +77,9 @@ class QParams(NamedTuple):
 class _FakeQuant:
     """Fake quantization shared by the conv and linear wrappers (a mixin; the state is set by ``_init_quant``)."""
 
+    quantizer = "minmax"
+    #: parameters and buffers this quantizer adds to the layer (removed when the layer is re-wrapped by another one)
+    _QUANT_STATE: tuple[str, ...] = ("act_min", "act_max", "act_ready")
     w_bits: int
     a_bits: int
     act_min: torch.Tensor
@@ -149,7 +166,8 @@ class _FakeQuant:
         self._calibrated = bool(self.act_ready)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+        extra = "" if self.quantizer == "minmax" else f", quantizer={self.quantizer}"
+        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}{extra}"
 
 
 class _FakeQuantPerTensor(torch.autograd.Function):
@@ -226,22 +244,158 @@ class QuantLinear(_FakeQuant, nn.Linear):
             return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
 
 
+def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """``x`` in the forward, ``g * dL/dx`` in the backward."""
+    return (x - x * g).detach() + x * g
+
+
+def _round_pass(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` (half to even, as torch's fake-quant ops) in the forward, identity in the backward."""
+    return (x.round() - x).detach() + x
+
+
+def _lsq(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, n: int) -> torch.Tensor:
+    """LSQ fake quantization: ``round(clamp(x / s, qmin, qmax)) * s`` with ``s``'s gradient scaled by
+    ``1 / sqrt(n qmax)``; the gradient of ``x`` passes inside the range (straight-through)."""
+    s = _grad_scale(step, 1.0 / math.sqrt(max(n, 1) * max(qmax, 1))).abs().clamp_min(LSQ_MIN_STEP)
+    return _round_pass((x / s).clamp(qmin, qmax)) * s
+
+
+LSQ_MIN_STEP = 1e-8
+
+
+def _lsq_init(x: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The paper's initial step: ``2 mean|x| / sqrt(qmax)``."""
+    return (2 * x.detach().abs().float().mean() / math.sqrt(qmax)).clamp_min(LSQ_MIN_STEP)
+
+
+class _Lsq(_FakeQuant):
+    """Learned step size quantization (see the module docstring): per-tensor steps ``w_step`` and ``a_step``
+    (parameters), ``a_signed`` (whether the input grid is signed, fixed by the first training batch) and
+    ``act_ready`` (whether ``a_step`` was initialized) as buffers."""
+
+    quantizer = "lsq"
+    _QUANT_STATE = ("w_step", "a_step", "a_signed", "act_ready")
+    w_step: nn.Parameter
+    a_step: nn.Parameter
+    a_signed: torch.Tensor
+
+    def _init_quant(self, w_bits: int, a_bits: int) -> None:
+        device = self.weight.device
+        self.w_bits, self.a_bits = w_bits, a_bits
+        self.w_step = nn.Parameter(torch.ones((), device=device))
+        self.a_step = nn.Parameter(torch.ones((), device=device))
+        self.register_buffer("a_signed", torch.zeros((), dtype=torch.bool, device=device))
+        self.register_buffer("act_ready", torch.zeros((), dtype=torch.bool, device=device))
+        self._calibrated = False
+        self._init_weight_step()
+
+    def _init_weight_step(self) -> None:
+        if self.w_bits < 32:
+            with torch.no_grad():
+                self.w_step.copy_(_lsq_init(self.weight, 2 ** (self.w_bits - 1) - 1))
+
+    def set_bits(self, w_bits: int, a_bits: int) -> None:
+        """Change the bit widths; the learned steps start again from the paper's initialization."""
+        super().set_bits(w_bits, a_bits)
+        self._init_weight_step()
+        self.act_ready.fill_(False)
+        self._calibrated = False
+
+    def _weight_range(self) -> tuple[int, int]:
+        qmax = 2 ** (self.w_bits - 1) - 1
+        return -qmax - 1, qmax
+
+    def _input_range(self, signed: bool) -> tuple[int, int]:
+        if signed:
+            return -(2 ** (self.a_bits - 1)), 2 ** (self.a_bits - 1) - 1
+        return 0, 2 ** self.a_bits - 1
+
+    def weight_qparams(self) -> QParams | None:
+        """The weight's integer grid: symmetric, per tensor, ``scale = |w_step|``; ``None`` at 32 bits."""
+        if self.w_bits >= 32:
+            return None
+        qmin, qmax = self._weight_range()
+        scale = self.w_step.detach().abs().float().clamp_min(LSQ_MIN_STEP)
+        return QParams(scale, torch.zeros((), dtype=torch.int32, device=scale.device), qmin, qmax)
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.w_bits >= 32:
+            return self.weight
+        qmin, qmax = self._weight_range()
+        w = self.weight
+        return _lsq(w.float(), self.w_step, qmin, qmax, w.numel()).to(w.dtype)
+
+    def input_qparams(self) -> QParams | None:
+        """The input's integer grid: per tensor, zero point 0, ``scale = |a_step|``, ``[0, 2^b - 1]`` or signed
+        ``[-2^(b-1), 2^(b-1) - 1]``; ``None`` at 32 bits or before any training batch initialized the step."""
+        if self.a_bits >= 32 or not self._calibrated:
+            return None
+        qmin, qmax = self._input_range(bool(self.a_signed))
+        scale = self.a_step.detach().abs().float().clamp_min(LSQ_MIN_STEP)
+        return QParams(scale, torch.zeros((), dtype=torch.int32, device=scale.device), qmin, qmax)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a_bits >= 32:
+            return x
+        if self._calibrated:
+            step, signed = self.a_step, bool(self.a_signed)
+        else:
+            signed = bool(x.detach().min() < 0)
+            init = _lsq_init(x, self._input_range(signed)[1])
+            if self.training:  # the first training batch initializes the step (and fixes the grid's sign)
+                with torch.no_grad():
+                    self.a_step.copy_(init)
+                    self.a_signed.fill_(signed)
+                    self.act_ready.fill_(True)
+                self._calibrated = True
+                step = self.a_step
+            else:  # evaluated before any training batch: this batch's own initial step, nothing stored
+                step = init
+        qmin, qmax = self._input_range(signed)
+        return _lsq(x.float(), step, qmin, qmax, x[0].numel()).to(x.dtype)
+
+
+class LsqConv2d(_Lsq, QuantConv2d):
+    """``nn.Conv2d`` with LSQ fake quantization of its weight and input (learned per-tensor steps)."""
+
+
+class LsqLinear(_Lsq, QuantLinear):
+    """``nn.Linear`` with LSQ fake quantization of its weight and input (learned per-tensor steps)."""
+
+
 # Exact types only: a subclass of Conv2d / Linear may have its own forward (or, like MultiheadAttention's
 # out_proj, never be called), and wrapping it would silently change what it computes. Those stay float (32 bits).
-_WRAPPABLE = (nn.Conv2d, nn.Linear, QuantConv2d, QuantLinear)
+_WRAPPABLE = (nn.Conv2d, nn.Linear, QuantConv2d, QuantLinear, LsqConv2d, LsqLinear)
+_CLASSES = {("minmax", True): QuantConv2d, ("minmax", False): QuantLinear,
+            ("lsq", True): LsqConv2d, ("lsq", False): LsqLinear}
 
 
-def wrap_layer(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
-    """A wrapper sharing ``module``'s parameters (same tensors, same device) and attributes."""
-    if isinstance(module, _FakeQuant):
+def _check_quantizer(quantizer) -> str:
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
+    return quantizer
+
+
+def wrap_layer(module: nn.Module, w_bits: int, a_bits: int, quantizer: str = "minmax") -> nn.Module:
+    """A wrapper sharing ``module``'s parameters (same tensors, same device) and attributes.
+
+    A layer already wrapped by the same quantizer only changes its bit widths; by another one, it is re-wrapped
+    (that quantizer's state dropped)."""
+    quantizer = _check_quantizer(quantizer)
+    if isinstance(module, _FakeQuant) and module.quantizer == quantizer:
         module.set_bits(w_bits, a_bits)
         return module
-    cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+    cls = _CLASSES[quantizer, isinstance(module, nn.Conv2d)]
     q = cls.__new__(cls)
     # Copy the attribute dict (hyper-parameters, _parameters, hooks...), with fresh containers, so that the wrapper
     # is the same layer with another forward; the parameters are the very same tensors.
     q.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, set, list)) else v
                        for k, v in module.__dict__.items()})
+    if isinstance(module, _FakeQuant):  # another quantizer's steps or ranges mean nothing to this one
+        for name in module._QUANT_STATE:
+            q._parameters.pop(name, None)
+            q._buffers.pop(name, None)
     q._init_quant(w_bits, a_bits)
     return q
 
@@ -273,19 +427,22 @@ def default_act_bits(bits: int) -> int:
 
 
 def quantize_model(model: nn.Module, *, bits: int, act_bits: int | None = None, keep_first_last: bool = True,
-                   first_last_bits: int = 8) -> nn.Module:
+                   first_last_bits: int = 8, quantizer: str = "minmax") -> nn.Module:
     """Replace every ``nn.Conv2d`` / ``nn.Linear`` of ``model`` in place by a fake-quantizing wrapper; return it.
 
     Weights of each layer use ``bits`` and input activations ``act_bits`` (default: :func:`default_act_bits`);
     with ``keep_first_last`` the first conv and the classifier use ``first_last_bits`` for both instead. ``bits == 32`` returns the model untouched (no wrappers, so no
     overhead). Quantizing an already quantized model changes the bit widths of its wrappers. Train the model
     afterwards (QAT); new layers start with no activation range and take it from the first training batch.
+    ``quantizer`` is ``"minmax"`` (ranges from running min/max) or ``"lsq"`` (learned step sizes, see
+    :class:`LsqConv2d`); the first conv and the classifier use the same quantizer at ``first_last_bits``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     bits = _check_bits("bits", bits)
     act_bits = default_act_bits(bits) if act_bits is None else _check_bits("act_bits", act_bits)
     first_last_bits = _check_bits("first_last_bits", first_last_bits)
+    quantizer = _check_quantizer(quantizer)
     if not isinstance(keep_first_last, bool):
         raise ValueError(f"keep_first_last must be true or false, got {keep_first_last!r}")
     if bits == 32:
@@ -297,12 +454,12 @@ def quantize_model(model: nn.Module, *, bits: int, act_bits: int | None = None, 
         return (first_last_bits, first_last_bits) if id(m) in special else (bits, act_bits)
 
     if type(model) in _WRAPPABLE:
-        return wrap_layer(model, *bits_of(model))
+        return wrap_layer(model, *bits_of(model), quantizer)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) in _WRAPPABLE:
                 if id(child) not in done:
-                    done[id(child)] = wrap_layer(child, *bits_of(child))
+                    done[id(child)] = wrap_layer(child, *bits_of(child), quantizer)
                 setattr(parent, name, done[id(child)])
     return model
 
@@ -316,3 +473,15 @@ def layer_bits(model: nn.Module) -> dict[str, tuple[int, int]]:
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             out[name] = (32, 32)
     return out
+
+
+def layer_quantizers(model: nn.Module) -> dict[str, str]:
+    """Leaf module name -> quantizer (``"minmax"`` / ``"lsq"``) of every fake-quantized layer."""
+    return {name: m.quantizer for name, m in model.named_modules() if isinstance(m, _FakeQuant)}
+
+
+def quantizer_parameters(model: nn.Module) -> set[int]:
+    """ids of the quantizers' own parameters (LSQ step sizes): scales, not weights, so not counted in a model's
+    parameters or size (as min/max ranges and per-channel scales are not)."""
+    return {id(getattr(m, name)) for m in model.modules() if isinstance(m, _FakeQuant)
+            for name in m._QUANT_STATE if isinstance(getattr(m, name, None), nn.Parameter)}

@@ -1,7 +1,8 @@
 """Trained trial models as data, not code: a ``state_dict`` plus what rebuilds the module.
 
 A pruned and quantized student no longer has the shapes its family builds, so the file records, beside the
-weights, every conv/linear/batch-norm layer's channel counts after pruning and every quantized layer's bit widths.
+weights, every conv/linear/batch-norm layer's channel counts after pruning and every quantized layer's bit widths
+and quantizer (``minmax`` or ``lsq``).
 :func:`rebuild` builds the family's model from the resolved settings, gives each recorded layer its saved shape and
 bits, and loads the weights strictly. Files are read with ``torch.load(weights_only=True)``: nothing in them is
 unpickled as code, so a model from a shared artifact store is as safe to load as a tensor.
@@ -43,6 +44,7 @@ def layer_table(model: nn.Module) -> dict[str, dict[str, Any]]:
             continue
         if isinstance(m, _FakeQuant):
             row["w_bits"], row["a_bits"] = m.w_bits, m.a_bits
+            row["quantizer"] = m.quantizer
         table[name] = row
     return table
 
@@ -69,7 +71,8 @@ def rebuild(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Mod
             raise ValueError(f"layer {name!r} of the saved model does not exist in a {arch['family']} model")
         layer = _resized(modules[name], row)
         if "w_bits" in row:
-            layer = wrap_layer(layer, row["w_bits"], row["a_bits"])
+            # files written before quantizers were a choice hold min/max layers and no "quantizer"
+            layer = wrap_layer(layer, row["w_bits"], row["a_bits"], row.get("quantizer", "minmax"))
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, layer)
     model.load_state_dict(state_dict, strict=True)

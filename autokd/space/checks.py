@@ -171,6 +171,27 @@ def check_compress(space: Space) -> CheckResult:
     return []
 
 
+NNI_INSTALL = 'pip install "autokd[nni]"'
+
+
+def nni_available() -> bool:
+    """Whether NNI can be imported (looked up, not imported: importing NNI takes seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("nni") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_backends(space: Space) -> CheckResult:
+    """An ``nni-*`` pruning method needs the optional NNI backend installed (``pip install "autokd[nni]"``)."""
+    method = space.compress.prune_method
+    if str(method).startswith("nni-") and not nni_available():
+        return [("compress.prune_method", f"{method} needs NNI, which is not installed: {NNI_INSTALL}")]
+    return []
+
+
 def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResult:
     """The data fits in memory: the steady-state estimate of :func:`~autokd.space.memory.estimate_memory` is at
     most ``limit`` (default: :func:`~autokd.space.memory.memory_limit`, 80% of the available memory or
@@ -208,7 +229,7 @@ CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, chec
                                                 check_teacher, check_search, check_compress]
 #: Checks that depend on the machine, not only on the space: run on space files (``load_space``, ``autokd
 #: validate``, ``autokd search``), not on a space stored in a study (that one must stay readable elsewhere).
-MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory]
+MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory, check_backends]
 
 
 def kd_twins_enabled(space: Space) -> bool:

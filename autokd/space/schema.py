@@ -28,16 +28,17 @@ class _Strict(BaseModel):
 class Choices(_Strict, Generic[T]):
     """A categorical dimension: ``{choices: [a, b, c]}``."""
 
-    choices: list[T]
+    choices: list[T] = Field(description="The values to search over (at least one, all distinct).")
 
 
 class Range(_Strict, Generic[N]):
     """A numeric dimension: ``{low:, high:, step:?, log:?}`` (bounds inclusive)."""
 
-    low: N
-    high: N
-    step: N | None = None
-    log: bool = False
+    low: N = Field(description="Smallest value (inclusive).")
+    high: N = Field(description="Largest value (inclusive).")
+    step: N | None = Field(None, description="Spacing of the values searched (default: continuous for floats, 1 "
+                           "for ints); not with log.")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
 
 
 def _kind(value: Any) -> str:
@@ -77,26 +78,31 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "mnist", "fashion_mnist",
 class DatasetSpec(_Strict):
     """Which data, how it is split, at what image size."""
 
-    name: DatasetName = "digits"
+    name: DatasetName = Field("digits", description="'digits' (scikit-learn's bundled 8x8 digits, offline), "
+                              "'mnist', 'fashion_mnist', 'cifar10', 'cifar100' (torchvision or Debian files under "
+                              "root), or 'imagefolder' (root holds one sub-folder per class).")
     root: str | None = Field(None, description="Folder holding (or receiving) the dataset files.")
     download: bool = Field(False, description="Allow torchvision to download the dataset into root.")
     image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this side (default: native).")
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the training images held out for "
+                                "validation (the accuracy the search optimizes).")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used where the dataset has no official test split.")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="Seed of the stratified train/validation/test split.")
     limit: int | None = Field(None, ge=10, description="Use at most this many training images (stratified).")
 
 
 class ModelSpec(_Strict):
     """The student architecture: a family from the registry and its NAS choices."""
 
-    family: str = "mobilenetv2"
-    width_mult: SFloat = 1.0
-    depth_mult: SFloat = 1.0
-    kernel_size: SInt = 3
-    expand_ratio: SInt = 6
-    conv: _searchable(Conv, numeric=False) = "depthwise"
-    dropout: SFloat = 0.0
+    family: str = Field("mobilenetv2", description="Student family from the model registry (e.g. 'mobilenetv2', "
+                        "'resnet').")
+    width_mult: SFloat = Field(1.0, description="Channel width multiplier, in (0, 8].")
+    depth_mult: SFloat = Field(1.0, description="Blocks-per-stage multiplier, in (0, 8].")
+    kernel_size: SInt = Field(3, description="Convolution kernel size (odd, 1-11).")
+    expand_ratio: SInt = Field(6, description="Expansion ratio of the inverted residual blocks (1-12).")
+    conv: _searchable(Conv, numeric=False) = Field("depthwise", description="Convolution of the blocks: "
+                                                   "'depthwise' (separable, MobileNet's) or 'standard'.")
+    dropout: SFloat = Field(0.0, description="Dropout before the classifier, in [0, 1).")
     stages: Literal["small", "cifar"] = Field("small", description="Stage table of the family: 'small' (8-16 px "
                                               "images) or 'cifar' (32 px).")
 
@@ -104,11 +110,11 @@ class ModelSpec(_Strict):
 class TeacherSpec(_Strict):
     """The KD teacher: trained once and cached, or loaded from a checkpoint."""
 
-    family: str = "resnet"
+    family: str = Field("resnet", description="Teacher family from the model registry (e.g. 'resnet').")
     width: int = Field(32, ge=4, description="Channels of the first stage.")
     depth: int = Field(1, ge=1, le=16, description="Residual blocks per stage.")
-    epochs: int = Field(15, ge=1)
-    lr: float = Field(0.05, gt=0)
+    epochs: int = Field(15, ge=1, description="Training epochs of the teacher (trained once, then cached).")
+    lr: float = Field(0.05, gt=0, description="Learning rate of the teacher.")
     checkpoint: str | None = Field(None, description="A state_dict (.pt) of this architecture to load instead of training.")
     ensemble: int = Field(1, ge=1, le=16, description="Teachers trained with different seeds; KD uses their mean logits.")
     augment: Literal["auto", False] = Field(
@@ -120,10 +126,11 @@ class TeacherSpec(_Strict):
 class DistillSpec(_Strict):
     """Hinton's knowledge distillation: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
 
-    kd: SBool = False
-    temperature: SFloat = 4.0
-    alpha: SFloat = 0.9
-    teacher: TeacherSpec = TeacherSpec()
+    kd: SBool = Field(False, description="Distill from the teacher; {choices: [true, false]} searches KD as a "
+                      "factor (with KD twins: every configuration run with and without it).")
+    temperature: SFloat = Field(4.0, description="Softmax temperature T of the KD term, in [0.1, 100].")
+    alpha: SFloat = Field(0.9, description="Weight of the KD term against cross-entropy, in [0, 1].")
+    teacher: TeacherSpec = Field(TeacherSpec(), description="The teacher that KD distills from.")
 
 
 class TrainSpec(_Strict):
@@ -131,12 +138,14 @@ class TrainSpec(_Strict):
 
     epochs: int = Field(10, ge=1, description="Training epochs of every trial.")
     batch_size: int = Field(64, ge=2, description="Images per step (at least 2: BatchNorm needs two samples).")
-    optimizer: _searchable(Literal["sgd", "adamw"], numeric=False) = "sgd"
-    lr: SFloat = 0.05
-    weight_decay: SFloat = 5e-4
+    optimizer: _searchable(Literal["sgd", "adamw"], numeric=False) = Field("sgd", description="'sgd' (with "
+                                                                           "momentum) or 'adamw'.")
+    lr: SFloat = Field(0.05, description="Peak learning rate, in (0, 10].")
+    weight_decay: SFloat = Field(5e-4, description="Weight decay, in [0, 1].")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when > 0; 0 trains plain SGD).")
-    schedule: Literal["cosine", "onecycle"] = "cosine"
-    label_smoothing: SFloat = 0.0
+    schedule: Literal["cosine", "onecycle"] = Field("cosine", description="Learning-rate schedule: 'cosine' "
+                                                    "annealing or 'onecycle'.")
+    label_smoothing: SFloat = Field(0.0, description="Label smoothing of the cross-entropy term, in [0, 1).")
     augment: SBool = Field(False, description="Random shifts (and flips/crops on natural images) from a view pool.")
     augment_views: int = Field(4, ge=1, le=64, description="Augmented views per training image, drawn once "
                                "from the seed; the teacher's logits over them are cached.")
@@ -149,7 +158,8 @@ class TrainSpec(_Strict):
                          "mean and keeps each repeat's metrics.")
 
 
-PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale"]
+PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale", "nni-l1", "nni-l2", "nni-fpgm"]
+Quantizer = Literal["minmax", "lsq"]
 
 
 class CompressSpec(_Strict):
@@ -159,11 +169,16 @@ class CompressSpec(_Strict):
     """
 
     prune_ratio: SFloat = Field(0.0, description="Share of channels removed per layer (0 = no pruning).")
-    prune_method: PruneMethod = "l1"
+    prune_method: PruneMethod = Field("l1", description="Channel ranking: l1/l2 (filter norms), random, taylor, "
+                                      "bn_scale, or NNI's l1/l2/fpgm scores summed over coupled channels "
+                                      '(nni-l1, nni-l2, nni-fpgm: pip install "autokd[nni]").')
     round_to: int = Field(1, ge=1, description="Round pruned channel counts to a multiple of this.")
     bits: SInt = Field(32, description="Weight bits (2-8), or 32 for no quantization.")
     act_bits: int | None = Field(None, ge=2, le=8, description="Activation bits of quantized layers "
                                  "[default: bits, but at least 4: min/max-ranged 2-3 bit activations collapse].")
+    quantizer: _searchable(Quantizer, numeric=False) = Field(
+        "minmax", description="How quantized layers get their grids: 'minmax' (weights per channel from max|w|, "
+        "activations from running min/max) or 'lsq' (learned step sizes, Esser et al. 2020).")
     keep_first_last: bool = Field(True, description="Keep the first conv and the classifier at 8 bits.")
     finetune_epochs: int = Field(2, ge=0, description="Epochs after pruning/quantization (run by every trial).")
     finetune_lr: float | None = Field(None, gt=0, le=10,
@@ -181,7 +196,7 @@ class SearchSpec(_Strict):
         "'gp' (Optuna's GPSampler: it models the cost values as told, and on BitOps spanning five decades it did "
         "worse than random search; slow, about 0.7 s per proposal).")
     n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the sampler.")
     objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
                                         description="Cost objectives minimized beside validation accuracy.")
     startup_trials: int = Field(6, ge=0, description="Random trials before TPE models the space.")
@@ -197,14 +212,18 @@ class SearchSpec(_Strict):
 class Space(_Strict):
     """A whole search space file."""
 
-    version: Literal[1]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
-    dataset: DatasetSpec = DatasetSpec()
-    model: ModelSpec = ModelSpec()
-    distill: DistillSpec = DistillSpec()
-    train: TrainSpec = TrainSpec()
-    compress: CompressSpec = CompressSpec()
-    search: SearchSpec = SearchSpec()
+    version: Literal[1] = Field(description="Version of the space format: 1.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100,
+                      description="Study name (letters, digits, '.', '_', '-'); the study is kept in "
+                      "studies/NAME.db unless --storage says otherwise.")
+    dataset: DatasetSpec = Field(DatasetSpec(), description="Which data, how it is split, at what image size.")
+    model: ModelSpec = Field(ModelSpec(), description="The student architecture and its NAS choices.")
+    distill: DistillSpec = Field(DistillSpec(), description="Knowledge distillation and its teacher.")
+    train: TrainSpec = Field(TrainSpec(), description="The training loop, the same for every trial.")
+    compress: CompressSpec = Field(CompressSpec(), description="Structured pruning and quantization-aware "
+                                   "training, run as a fine-tune phase.")
+    search: SearchSpec = Field(SearchSpec(), description="How Optuna searches: sampler, budget, seeds, "
+                               "objectives.")
 
     _source: str | None = PrivateAttr(None)
 
@@ -220,7 +239,7 @@ class Space(_Strict):
 BUDGET_FIELDS = {"search": {"n_trials", "max_failures", "early_stop"}}
 # Fields added after studies already existed: left out of the hash while at their default, so that a study made
 # before they existed still resumes (its question did not change).
-LATER_FIELDS = {"train": {"precision": "fp32"}}
+LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}}
 
 
 # --------------------------------------------------------------------------------------------
