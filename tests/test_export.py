@@ -186,3 +186,10 @@ def test_onnx_export_is_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         formats.onnx_bytes(graph.prepare(_model(bits=8), "onnx")[0], X[:1])
+
+
+def test_trial_numbers_are_listed_as_ranges():
+    from autokd.export.trials import _ranges
+
+    assert _ranges([10, 0, 1, 2, 3, 5, 7, 8]) == "0-3, 5, 7-8, 10"
+    assert _ranges([]) == "none" and _ranges([4]) == "4"

@@ -56,11 +56,12 @@ def state_dict_bytes(model: nn.Module) -> bytes:
 
 
 def onnx_summary(data: bytes) -> dict[str, Any]:
-    """What an ONNX model holds: op counts, opset, how many initializers are int8/uint8 and how many of those are
-    weights (needs ``onnx``)."""
+    """What an ONNX model holds, once ``onnx.checker`` passed it: op counts, opset, how many initializers are
+    int8/uint8 and how many of those are weights (needs ``onnx``)."""
     import onnx
 
     model = onnx.load_from_string(data)
+    onnx.checker.check_model(model, full_check=True)  # a malformed graph fails here, not in someone's runtime
     ops = Counter(n.op_type for n in model.graph.node)
     int_types = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
     ints = [i for i in model.graph.initializer if i.data_type in int_types]

@@ -28,15 +28,14 @@ class TrialModel:
 
 
 def _ranges(numbers: list[int]) -> str:
-    """``0-5, 7, 9-10``."""
-    out: list[str] = []
-    for n in sorted(numbers):
-        if out and n == last + 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+    """``0-5, 7, 9-10`` ("none" for no numbers)."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
         else:
-            out.append(str(n))
-        last = n
-    return ", ".join(out) if out else "none"
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def has_model(t: FrozenTrial) -> bool:

@@ -85,7 +85,8 @@ def test_pareto_onnx_export_writes_one_checked_file_per_pareto_trial(export, tmp
     layers = side["quantization"]["layers"]
     assert layers and all(p["weights"] == "int8" and p["activations"] == "uint8" for p in layers.values())
     assert side["onnx"]["integer_weights"] == {"int8": len(layers)}
-    assert all(row.get("w_bits") == 8 for row in side["architecture"]["layers"].values() if row["type"] != "batchnorm2d")
+    rows = side["architecture"]["layers"].values()
+    assert all(row.get("w_bits") == 8 for row in rows if row["type"] != "batchnorm2d")
 
 
 def test_onnx_of_a_float_model_matches_torch_and_has_no_qdq(export, studies, tmp_path):
