@@ -15,7 +15,7 @@ from autokd.space.jsonschema import SCHEMA_PATH, space_json_schema_text
 def schema(output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE", dir_okay=False,
                                               help=f"Write the schema to FILE (the repository keeps it in "
                                                    f"{SCHEMA_PATH}) instead of printing it.")) -> None:
-    """Print the JSON Schema (draft 2020-12) of a space file: every field with its description, allowed values
+    """Print the JSON Schema (draft-07) of a space file: every field with its description, allowed values
     and default, and the searchable {choices: [...]} / {low:, high:, step:?, log:?} forms.
 
     Point an editor at it with a first line '# yaml-language-server: $schema=PATH' in the space file."""

@@ -1,5 +1,9 @@
-"""The JSON Schema (draft 2020-12) of a space file, for editors and other tools: ``autokd schema`` prints it, and
+"""The JSON Schema of a space file, for editors and other tools: ``autokd schema`` prints it, and
 ``schema/space.schema.json`` keeps a copy that the example spaces point at (``# yaml-language-server: $schema=...``).
+
+It is written in draft-07, the dialect that yaml-language-server (VS Code's YAML extension, and the editors that
+use the same server) supports fully: for a draft 2020-12 schema it puts "Draft 2020-12 schemas are not yet fully
+supported" on every file. Nothing here needs a later draft, and the schema means the same read as 2020-12.
 
 It starts from :meth:`Space.model_json_schema` and mends what pydantic cannot say for this schema:
 
@@ -25,7 +29,7 @@ from typing import Any
 from autokd.space.checks import BOUNDS, QUANT_BITS
 from autokd.space.schema import Space
 
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_ID = "urn:autokd:space:1"
 SCHEMA_PATH = "schema/space.schema.json"  # the copy kept in the repository, relative to its root
 REGENERATE = f"autokd schema -o {SCHEMA_PATH}"
@@ -52,6 +56,9 @@ _FIELD_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+_REFS = "#/definitions/"
+
+
 def _interval(path: str) -> dict[str, Any]:
     if path not in BOUNDS:
         return {}
@@ -73,7 +80,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _ref_name(schema: dict[str, Any]) -> str | None:
     ref = schema.get("$ref", "")
-    return ref.rsplit("/", 1)[-1] if ref.startswith("#/$defs/") else None
+    return ref.rsplit("/", 1)[-1] if ref.startswith(_REFS) else None
 
 
 def _searchable(path: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
@@ -160,7 +167,7 @@ def _used_defs(node: Any, out: set[str]) -> set[str]:
 
 def space_json_schema() -> dict[str, Any]:
     """The JSON Schema of a space file (a fresh dict)."""
-    raw = Space.model_json_schema()
+    raw = Space.model_json_schema(ref_template=_REFS + "{model}")
     defs = raw.pop("$defs")
     defs["Space"] = raw
     _mend_model("Space", "", defs, set())
@@ -181,7 +188,7 @@ def space_json_schema() -> dict[str, Any]:
         "description": "A search space file of autokd (version 1), generated from autokd's pydantic models by "
                        "`autokd schema`. `autokd validate` also checks the rules between fields.",
     }
-    return {**head, **root, "$defs": {n: defs[n] for n in sorted(used)}}
+    return {**head, **root, "definitions": {n: defs[n] for n in sorted(used)}}
 
 
 def space_json_schema_text() -> str:

@@ -31,7 +31,8 @@ def test_schema_prints_the_json_schema(cli):
 
 def test_schema_output_validates_every_space_and_rejects_an_unknown_key(cli, space_file):
     jsonschema = pytest.importorskip("jsonschema")
-    validator = jsonschema.Draft202012Validator(json.loads(cli("schema").out))
+    schema = json.loads(cli("schema").out)
+    validator = jsonschema.validators.validator_for(schema)(schema)
     for path in SPACES:
         data, _ = _read_yaml(path)
         assert validator.is_valid(data), path.name

@@ -1,5 +1,5 @@
-"""The JSON Schema of a space file (``autokd.space.jsonschema``): a valid draft 2020-12 schema that accepts every
-example space, says what each field is, accepts exactly the searchable forms, and agrees with autokd's own
+"""The JSON Schema of a space file (``autokd.space.jsonschema``): a valid draft-07 schema (the dialect
+yaml-language-server supports fully) that accepts every example space, says what each field is, accepts exactly the searchable forms, and agrees with autokd's own
 validation on hand-made documents (with the few differences it is known to have, listed here)."""
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def schema() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def validator(schema):
-    return jsonschema.Draft202012Validator(schema)
+    cls = jsonschema.validators.validator_for(schema)  # the dialect its $schema names
+    assert cls is jsonschema.Draft7Validator
+    return cls(schema)
 
 
 def doc(**sections: Any) -> dict[str, Any]:
@@ -59,9 +61,10 @@ def _walk(node: Any, path: str = "#"):
 # The schema itself
 
 
-def test_schema_is_a_valid_draft_2020_12_schema_with_an_id_and_title(schema):
-    jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["$schema"] == SCHEMA_DIALECT == "https://json-schema.org/draft/2020-12/schema"
+def test_schema_is_a_valid_draft_07_schema_with_an_id_and_title(schema):
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)  # and means the same to a tool that reads it as 2020-12
+    assert schema["$schema"] == SCHEMA_DIALECT == "http://json-schema.org/draft-07/schema#"
     assert schema["$id"] and schema["title"] and schema["description"]
     assert schema["properties"]["version"]["const"] == 1
     assert schema["required"] == ["version", "name"]
@@ -69,16 +72,19 @@ def test_schema_is_a_valid_draft_2020_12_schema_with_an_id_and_title(schema):
 
 def test_no_subschema_accepts_anything_and_every_object_is_closed(schema):
     for path, node in _walk(schema):
-        if path.endswith("/properties") or path.endswith("/$defs") or path.endswith("/default"):
+        if path.endswith("/properties") or path.endswith("/definitions") or path.endswith("/default"):
             continue  # maps of names, or a default value: not schemas
         if "/default/" in path:
             continue
         assert node != {}, f"{path} is an accept-anything schema"
         if node.get("type") == "object":
             assert node.get("additionalProperties") is False, f"{path} allows unknown keys"
-    assert "NotARange" not in schema["$defs"]
+    assert "NotARange" not in schema["definitions"] and "$defs" not in schema
     refs = {node["$ref"] for _, node in _walk(schema) if isinstance(node.get("$ref"), str)}
-    assert refs <= {f"#/$defs/{name}" for name in schema["$defs"]}, "dangling $ref"
+    assert refs == {f"#/definitions/{name}" for name in schema["definitions"]}, "dangling or unused definitions"
+    for path, node in _walk(schema):  # draft-07 ignores the siblings of a $ref: only annotations may stand there
+        if "$ref" in node:
+            assert set(node) <= {"$ref", "default", "description", "title"}, path
 
 
 def test_every_field_has_a_description(schema):
@@ -86,23 +92,23 @@ def test_every_field_has_a_description(schema):
         if prop.get("description"):
             return True
         ref = prop.get("$ref", "")
-        return bool(ref) and bool(schema["$defs"][ref.rsplit("/", 1)[-1]].get("description"))
+        return bool(ref) and bool(schema["definitions"][ref.rsplit("/", 1)[-1]].get("description"))
 
-    models = {"Space": schema, **schema["$defs"]}
+    models = {"Space": schema, **schema["definitions"]}
     missing = [f"{model}.{field}" for model, node in models.items()
                for field, prop in node.get("properties", {}).items() if not described(prop)]
     assert not missing, f"fields without a description: {missing}"
 
 
 def test_defaults_and_allowed_values_are_shown(schema):
-    train = schema["$defs"]["TrainSpec"]["properties"]
+    train = schema["definitions"]["TrainSpec"]["properties"]
     assert train["epochs"]["default"] == 10 and train["epochs"]["minimum"] == 1
     assert train["schedule"]["enum"] == ["cosine", "onecycle"]
     optimizer = train["optimizer"]
     assert optimizer["default"] == "sgd"
     assert optimizer["oneOf"][0]["enum"] == ["sgd", "adamw"]
     assert optimizer["oneOf"][1]["properties"]["choices"]["items"]["enum"] == ["sgd", "adamw"]
-    assert schema["$defs"]["DatasetSpec"]["properties"]["name"]["enum"][0] == "digits"
+    assert schema["definitions"]["DatasetSpec"]["properties"]["name"]["enum"][0] == "digits"
 
 
 def _searchable_fields() -> dict[str, bool]:
@@ -124,7 +130,7 @@ def _field_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
     node = schema
     for part in path.split("."):
         prop = node["properties"][part]
-        node = schema["$defs"][prop["$ref"].rsplit("/", 1)[-1]] if "$ref" in prop else prop
+        node = schema["definitions"][prop["$ref"].rsplit("/", 1)[-1]] if "$ref" in prop else prop
     return node
 
 
@@ -267,6 +273,12 @@ def test_both_reject(validator, name):
     data = INVALID[name]
     assert not autokd_accepts(data), f"autokd accepts the invalid document {name!r}"
     assert not validator.is_valid(data), f"the schema accepts the invalid document {name!r}"
+
+
+def test_read_as_draft_2020_12_it_means_the_same(schema, validator):
+    newer = jsonschema.Draft202012Validator(schema)
+    for data in [*VALID.values(), *INVALID.values(), *SCHEMA_STRICTER.values(), *SCHEMA_LOOSER.values()]:
+        assert newer.is_valid(data) == validator.is_valid(data), data
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_STRICTER))
