@@ -50,7 +50,7 @@ class LayerPlan:
     a_bits: int
     weights: str
     activations: str
-    off_grid: bool = False  # a grid of 8 bits that is not one of ONNX's two (e.g. [-127, 127])
+    off_grid: bool = False  # a grid that is neither ONNX's int8 [-128, 127] nor uint8 [0, 255] (any below 8 bits)
 
     @property
     def simulated(self) -> bool:

@@ -8,7 +8,8 @@ architecture arguments, classes, input channels and ``layers``: every conv/linea
 after pruning, with ``w_bits``/``a_bits`` for quantized layers -- :func:`autokd.models.saved.rebuild` takes it with
 the state_dict), ``input`` (name, shape, dtype, preprocessing), ``quantization`` (``simulated`` and, per quantized
 layer, how its weights and input activations are written), ``simulated``, ``onnx`` (op counts, ONNX only) and
-``check`` (agreement on the test split, largest logit difference, latency per image).
+``check`` (agreement on the test split, largest logit difference, latency per image). A TorchScript archive also
+carries the sidecar inside (``autokd.json`` in its extra files), as it was before the check.
 """
 
 from __future__ import annotations
