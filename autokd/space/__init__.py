@@ -10,7 +10,8 @@ A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low
 The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
 
 Modules by concern: :mod:`~autokd.space.schema` (pydantic models, dimensions, resolving), :mod:`~autokd.space.checks`
-(cross-field rules), :mod:`~autokd.space.memory` (the memory the data needs, against this machine's),
+(cross-field rules), :mod:`~autokd.space.jsonschema` (the JSON Schema of a space file, for editors),
+:mod:`~autokd.space.memory` (the memory the data needs, against this machine's),
 :mod:`~autokd.space.yamlio` (YAML with line numbers, ``--set``), :mod:`~autokd.space.messages` (both stages into
 located lines). Everything a caller needs is importable from ``autokd.space``.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from autokd.space.checks import (BOUNDS, CHECKS, MACHINE_CHECKS, QUANT_BITS, check_memory, early_stop_enabled,
                                  kd_twins_enabled)
+from autokd.space.jsonschema import space_json_schema
 from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memory, memory_limit
 from autokd.space.messages import validate_data
 from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
@@ -34,7 +36,7 @@ __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_
            "CompressSpec", "DatasetSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
            "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
            "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "load_space", "memory_limit", "parse_overrides",
-           "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "to_dict", "validate_data"]
+           "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "space_json_schema", "to_dict", "validate_data"]
 
 
 def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
