@@ -198,3 +198,17 @@ def test_a_search_with_the_lsq_quantizer_completes(cli, space_file, tiny_space, 
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and all("compress.quantizer" in t.params for t in done)
     assert all(t.values[1] > 0 for t in done)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_an_lsq_model_exports_like_a_minmax_one(bits):
+    from autokd.export.graph import prepare
+
+    x, y = toy_data(n=64)
+    model = quantize_model(tiny(), bits=bits, quantizer="lsq")
+    fit(model, x, y, Optim(epochs=1, lr=0.05), seed=0)
+    model.eval()
+    stand_in, plans = prepare(model, "onnx")
+    assert len(plans) == len(layer_quantizers(model))
+    with torch.no_grad():
+        assert torch.allclose(stand_in(x[:8]), model(x[:8]), atol=1e-5)
