@@ -204,11 +204,15 @@ def _forest_caption(rows: dict[str, Any]) -> str:
     adjusted = ("; open circle: gain adjusted for the other techniques (the report's model)"
                 if any(lv["adjusted"] is not None for t in rows["techniques"] for lv in t["levels"]) else "")
     method = (o.get("method") or "student-t").replace("student", "Student")
+    eq = next((t["equivalence_confidence"] for t in rows["techniques"] if t.get("equivalence_confidence")), None)
+    conf_eq = f"{round(100 * eq)}% " if eq else ""
     return (f"KD gain = {rows['metric']} with KD on − with KD off, paired twins, accuracy points. Overall (diamond): "
             f"mean, {conf}% {method} interval over {o['n']} {rows['unit']}. Levels: raw mean "
             f"gain, {LEVEL_INTERVAL} interval (none below 3 {rows['unit']}){adjusted}. "
-            f"Shaded: overall gain ± margin ({100 * margin:.1f} pts). Verdicts (as in the report): a technique is "
-            "orthogonal when every difference of KD's gain between its levels has its interval inside ±margin.")
+            f"Shaded: overall gain ± margin ({100 * margin:.1f} pts). Verdicts (as in the report): orthogonal = every "
+            f"difference of KD's gain between the technique's levels has its {conf_eq}interval inside ±margin "
+            "(equivalence, Holm-corrected); interacts = the gain is shown to depend on the technique; undetermined "
+            "= neither is shown (never read it as orthogonal).")
 
 
 def write_kd_forest(path: str | Path, kd: dict[str, Any], *, title: str = "") -> tuple[Path, Any]:
