@@ -1,9 +1,10 @@
 """The JSON Schema of a space file, for editors and other tools: ``autokd schema`` prints it, and
 ``schema/space.schema.json`` keeps a copy that the example spaces point at (``# yaml-language-server: $schema=...``).
 
-It is written in draft-07, the dialect that yaml-language-server (VS Code's YAML extension, and the editors that
-use the same server) supports fully: for a draft 2020-12 schema it puts "Draft 2020-12 schemas are not yet fully
-supported" on every file. Nothing here needs a later draft, and the schema means the same read as 2020-12.
+It declares draft-07: it uses nothing later (``definitions``, ``if``/``then``, only annotations beside a ``$ref``),
+draft-07 is what yaml-language-server (VS Code's YAML extension and the editors on the same server) supported before
+its 1.20 added 2019-09 and 2020-12, and read as 2020-12 it means the same (a test checks). yaml-language-server
+1.15.0 and 2.0.0 both validate, hover and complete the example spaces with it.
 
 It starts from :meth:`Space.model_json_schema` and mends what pydantic cannot say for this schema:
 
@@ -93,9 +94,9 @@ def _searchable(path: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[s
         return None
     choices_def, range_def = defs[names[1]], defs[names[2]]
     value = _merge(members[0], {**_interval(path), **_VALUE_RULES.get(path, {})})
+    # The forms carry no description of their own: an editor's hover then shows the field's.
     choices = {
         "type": "object",
-        "description": "Search over these values (categorical).",
         "properties": {"choices": {**_describe(choices_def, "choices"), "type": "array", "items": value,
                                    "minItems": 1, "uniqueItems": True}},
         "required": ["choices"],
@@ -108,7 +109,6 @@ def _searchable(path: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[s
         ends = _merge(number, _interval(path))
         rng: dict[str, Any] = {
             "type": "object",
-            "description": "Search over an interval (bounds inclusive).",
             "properties": {
                 "low": {**_describe(range_def, "low"), **ends},
                 "high": {**_describe(range_def, "high"), **ends},
