@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=3, help="fine-tune / QAT epochs after compression")
     ap.add_argument("--finetune-lr", type=float, default=0.025, help="the pipeline's default: train.lr / 2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--method", default="l1", help="pruning importance (l1, l2, random, taylor, bn_scale)")
+    ap.add_argument("--method", default="l1", help="pruning importance (l1, l2, random, taylor, bn_scale; "
+                    "with NNI: nni-l1, nni-l2, nni-fpgm, nni-taylor)")
     ap.add_argument("--quantizers-only", action="store_true",
                     help="only the minmax vs lsq table (skip the bits x prune grid)")
     ap.add_argument("--threads", type=int, default=1,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             pruned = copy.deepcopy(dense)
             t0 = time.perf_counter()
             prune_model(pruned, ratio=ratio, method=args.method, example_input=data.train_x[:1],
-                        calibration=calib if args.method == "taylor" else None)
+                        calibration=calib if args.method in ("taylor", "nni-taylor") else None)
             if ratio > 0:
                 t_prune.append(time.perf_counter() - t0)
             for bits in BITS:

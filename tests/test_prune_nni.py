@@ -28,9 +28,11 @@ def needs_nni():
 @pytest.mark.parametrize("method", NNI_PRUNE_METHODS)
 def test_nni_criteria_give_the_native_architecture(arch, method):
     needs_nni()
+    calibration = toy_data(n=96)  # used by nni-taylor only (two backward passes of 64 and 32 images)
     for ratio in (0.3, 0.5):
         native = prune_model(tiny(arch), ratio=ratio, method="l1", example_input=example())
-        pruned = prune_model(tiny(arch), ratio=ratio, method=method, example_input=example())
+        pruned = prune_model(tiny(arch), ratio=ratio, method=method, example_input=example(),
+                             calibration=calibration)
         assert flops(pruned, SHAPE) == pytest.approx(flops(native, SHAPE), rel=0.02)
         assert count_params(pruned) == pytest.approx(count_params(native), rel=0.02)
         assert pruned(torch.randn(2, *SHAPE)).shape == (2, 10)
@@ -47,6 +49,53 @@ def test_nni_scores_decide_which_channels_stay(where):
         first.weight[0 if where == "first" else -1].fill_(50.0)
     prune_model(model, ratio=0.5, method="nni-l1", example_input=example())
     assert float(first.weight.detach().abs().max()) == 50.0
+
+
+@pytest.mark.parametrize("method", ["nni-l1", "nni-l2", "nni-taylor"])
+def test_dead_channels_of_a_depthwise_residual_group_go_and_the_function_stays(method):
+    # One coupled group through a depthwise conv and a residual add; half its channels are dead in every layer, so
+    # their summed score is 0 (norms, and Taylor's w * dL/dw) and removing them leaves the function unchanged.
+    needs_nni()
+    from test_prune import _DwResidual
+
+    torch.manual_seed(0)
+    model = _DwResidual()
+    dead = torch.tensor([0, 2, 3, 6])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight[dead] = 0
+                m.bias[dead] = 0
+        model.stem[0].weight[dead] = 0
+        model.dw[0].weight[dead] = 0
+        model.pw[0].weight[dead] = 0
+        model.pw[0].weight[:, dead] = 0
+        model.classifier.weight[:, dead] = 0
+    model.eval()
+    x = torch.randn(4, *SHAPE)
+    before = model(x)
+    prune_model(model, ratio=0.5, method=method, example_input=example(), calibration=toy_data(n=32))
+    assert model.stem[0].out_channels == model.dw[0].groups == model.pw[0].out_channels == 4
+    assert torch.allclose(model(x), before, atol=1e-6)
+
+
+def test_nni_taylor_scores_are_nni_s_taylor_sums_and_leave_the_weights():
+    needs_nni()
+    from autokd.compress.prune import nni_channel_scores
+
+    import torch.nn.functional as F
+
+    model = tiny("resnet").eval()
+    x, y = toy_data(n=64)  # one backward pass
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = nni_channel_scores(model, "nni-taylor", (x, y))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert not any("_nni_wrapper" in name for name, _ in model.named_modules())
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for conv, score in scores.items():
+        by_hand = (conv.weight.detach() * conv.weight.grad).pow(2).sum((1, 2, 3))
+        assert torch.allclose(score / score.sum(), by_hand / by_hand.sum(), rtol=1e-4, atol=1e-7)
 
 
 def test_nni_fpgm_prunes_a_trainable_model():

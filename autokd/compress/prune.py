@@ -19,9 +19,9 @@ to the other filters: a filter near the geometric median is replaceable). NNI's 
 speedup does not run on current torch, so autokd removes the channels itself, through the same dependency graph as
 the native criteria: a group's channel score is the sum of NNI's scores of that channel over the group's convs
 (the expansion, the depthwise conv, both sides of a residual add). Pruning stays uniform per group, so the pruned
-architecture (FLOPs, parameters) is the one the native criteria give at the same ratio. NNI's Taylor pruner is not
-offered: it needs NNI's training evaluator (it collects gradients through its own patched optimizer); the native
-``taylor`` criterion is the same first-order score.
+architecture (FLOPs, parameters) is the one the native criteria give at the same ratio. ``nni-taylor`` gives NNI's
+Taylor pruner the training evaluator it needs: backward passes over the calibration images (as the native
+``taylor``), through an optimizer of learning rate 0 on which NNI counts its steps.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-NNI_PRUNE_METHODS = ("nni-l1", "nni-l2", "nni-fpgm")
+NNI_PRUNE_METHODS = ("nni-l1", "nni-l2", "nni-fpgm", "nni-taylor")
+NNI_TAYLOR_BATCH = 64  # calibration images per backward pass of NNI's Taylor pruner
 PRUNE_METHODS = ("l1", "l2", "random", "taylor", "bn_scale", *NNI_PRUNE_METHODS)
 NNI_INSTALL = 'pip install "autokd[nni]"'
 
@@ -41,17 +42,58 @@ NNI_INSTALL = 'pip install "autokd[nni]"'
 def _nni_pruner_class(method: str):
     """NNI's pruner class for an ``nni-*`` method (imported here: a plain install has no NNI)."""
     try:
-        from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner
+        from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, TaylorPruner
     except ImportError as exc:
         raise ImportError(f"pruning method {method!r} needs NNI 3.0: {NNI_INSTALL} ({exc})") from exc
-    return {"nni-l1": L1NormPruner, "nni-l2": L2NormPruner, "nni-fpgm": FPGMPruner}[method]
+    return {"nni-l1": L1NormPruner, "nni-l2": L2NormPruner, "nni-fpgm": FPGMPruner, "nni-taylor": TaylorPruner}[method]
 
 
-def nni_channel_scores(model: nn.Module, method: str) -> dict[nn.Module, torch.Tensor]:
+def _nni_taylor_metrics(pruner_class, model: nn.Module, config: list[dict], calibration, device):
+    """NNI's TaylorPruner with the training evaluator it needs: one backward pass per calibration batch, in eval mode
+    (BatchNorm statistics untouched, as for the native ``taylor``), through an optimizer with learning rate 0 (NNI
+    counts steps on it; the weights do not move). NNI sums ``(w * dL/dw)^2`` per weight over the passes; returns
+    ``(pruner, its metrics)``, the pruner still wrapping the model."""
+    import nni
+    from nni.compression.utils import TorchEvaluator
+
+    x, y = calibration
+    batches = [(x[i:i + NNI_TAYLOR_BATCH].to(device), y[i:i + NNI_TAYLOR_BATCH].to(device))
+               for i in range(0, len(y), NNI_TAYLOR_BATCH)]
+    found: dict = {}
+
+    def training_step(batch, m):
+        return F.cross_entropy(m(batch[0]), batch[1])
+
+    def training_func(m, optimizers, step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        m.eval()
+        with torch.enable_grad():
+            for batch in batches:
+                optimizers.zero_grad()
+                step(batch, m).backward()
+                optimizers.step()
+        # Read here: NNI drops its gradient sums with its hooks when training ends.
+        found["metrics"] = pruner._calculate_metrics(pruner._collect_data())
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0)
+    evaluator = TorchEvaluator(training_func, optimizer, training_step)
+    # training_steps beyond the batches run: NNI never turns its sums into masks; the scores are read from the sums
+    # (all divided by the same training_steps, which leaves the ranking as it is).
+    pruner = pruner_class(model, config, evaluator, training_steps=len(batches) + 1)
+    try:
+        pruner.compress()
+    except BaseException:
+        pruner.unwrap_model()
+        raise
+    return pruner, found.get("metrics", {})
+
+
+def nni_channel_scores(model: nn.Module, method: str,
+                       calibration: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[nn.Module, torch.Tensor]:
     """NNI's score of every output channel of every ``nn.Conv2d`` of ``model`` but the classifier's: {conv: (C_out,)}.
 
-    Higher is more important (L1/L2 norm of the filter; FPGM: summed distance to the other filters of the layer).
-    The model is wrapped by NNI only while scoring and unwrapped before returning (same modules, same weights).
+    Higher is more important (L1/L2 norm of the filter; FPGM: summed distance to the other filters of the layer;
+    Taylor: summed ``(w * dL/dw)^2`` of the filter over ``calibration``, needed for ``nni-taylor``). The model is
+    wrapped by NNI only while scoring and unwrapped before returning (same modules, same weights).
     """
     pruner_class = _nni_pruner_class(method)
     head = {id(m) for m in model.classifier.modules()}
@@ -59,14 +101,20 @@ def nni_channel_scores(model: nn.Module, method: str) -> dict[nn.Module, torch.T
     if not convs:
         return {}
     # The sparse ratio only matters to NNI's masks, which are not used: the scores are.
-    pruner = pruner_class(model, [{"op_names": sorted(convs), "sparse_ratio": 0.5}])
-    try:
-        with torch.no_grad():
-            # NNI's public API gives only the binary masks at one ratio (get_masks/compress); the per-channel metrics
-            # behind them, needed to sum scores over torch-pruning's coupled groups, come from these two methods.
-            metrics = pruner._calculate_metrics(pruner._collect_data())
-    finally:
-        pruner.unwrap_model()
+    config = [{"op_names": sorted(convs), "sparse_ratio": 0.5}]
+    # NNI's public API gives only the binary masks at one ratio (get_masks/compress); the per-channel metrics behind
+    # them, needed to sum scores over torch-pruning's coupled groups, come from _collect_data/_calculate_metrics.
+    if method == "nni-taylor":
+        pruner, metrics = _nni_taylor_metrics(pruner_class, model, config, calibration, next(model.parameters()).device)
+    else:
+        pruner = pruner_class(model, config)
+        try:
+            with torch.no_grad():
+                metrics = pruner._calculate_metrics(pruner._collect_data())
+        except BaseException:
+            pruner.unwrap_model()
+            raise
+    pruner.unwrap_model()
     return {convs[name]: targets["weight"].detach().reshape(-1).float().cpu() for name, targets in metrics.items()
             if name in convs and "weight" in targets}
 
@@ -95,7 +143,7 @@ class GroupScoreImportance(tp.importance.Importance):
         return total
 
 
-def _importance(method: str, model: nn.Module | None = None) -> tp.importance.Importance:
+def _importance(method: str, model: nn.Module | None = None, calibration=None) -> tp.importance.Importance:
     # torch-pruning 1.6 importance classes; group scores are averaged over the coupled layers and mean-normalized.
     if method == "l1":
         return tp.importance.MagnitudeImportance(p=1)
@@ -111,7 +159,7 @@ def _importance(method: str, model: nn.Module | None = None) -> tp.importance.Im
         # |gamma| of the BatchNorm after each conv (network slimming, Liu et al. 2017).
         return tp.importance.BNScaleImportance()
     if method in NNI_PRUNE_METHODS:
-        return GroupScoreImportance(nni_channel_scores(model, method))
+        return GroupScoreImportance(nni_channel_scores(model, method, calibration))
     raise AssertionError(method)  # validated before
 
 
@@ -126,9 +174,9 @@ def _validate(model: nn.Module, ratio: float, method: str, example_input, round_
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2 or len(example_input) < 1:
         raise ValueError("example_input must be a batched tensor (N, C, H, W) with N >= 1")
-    if calibration is not None or method == "taylor":
+    if calibration is not None or method in ("taylor", "nni-taylor"):
         if calibration is None:
-            raise ValueError("method 'taylor' needs calibration=(x, y): a labelled batch to compute gradients on")
+            raise ValueError(f"method {method!r} needs calibration=(x, y): a labelled batch to compute gradients on")
         if (not isinstance(calibration, (tuple, list)) or len(calibration) != 2
                 or not all(isinstance(t, torch.Tensor) for t in calibration)):
             raise ValueError("calibration must be a tuple (x, y) of tensors")
@@ -154,7 +202,8 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
 
     ``method`` ranks channels within each group: ``l1`` / ``l2`` (weight magnitude), ``random``, ``taylor``
     (first-order Taylor, needs ``calibration=(x, y)``), ``bn_scale`` (BatchNorm |gamma|), or NNI's scores summed
-    over the group: ``nni-l1``, ``nni-l2``, ``nni-fpgm`` (needs NNI: ``pip install "autokd[nni]"``).
+    over the group: ``nni-l1``, ``nni-l2``, ``nni-fpgm``, ``nni-taylor`` (needs ``calibration``) (needs NNI:
+    ``pip install "autokd[nni]"``).
     ``example_input`` is a batch used only to trace the graph. ``model.classifier`` keeps its outputs (the
     classes); its inputs shrink with the head. Channel counts left in each group are rounded down to a multiple of
     ``round_to`` by torch-pruning; a group too small to keep one multiple is left unpruned.
@@ -172,7 +221,8 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
             _taylor_gradients(model, calibration, device)
         with torch.enable_grad():  # the dependency graph is traced through autograd
             pruner = tp.pruner.BasePruner(
-                model, example_input.to(device), importance=_importance(method, model), global_pruning=False,
+                model, example_input.to(device), importance=_importance(method, model, calibration),
+                global_pruning=False,
                 pruning_ratio=float(ratio), ignored_layers=[model.classifier],
                 round_to=round_to if round_to > 1 else None,
                 # A plain tensor would otherwise first be tried as model(*example_input), i.e. split along the batch.

@@ -158,7 +158,7 @@ class TrainSpec(_Strict):
                          "mean and keeps each repeat's metrics.")
 
 
-PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale", "nni-l1", "nni-l2", "nni-fpgm"]
+PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale", "nni-l1", "nni-l2", "nni-fpgm", "nni-taylor"]
 Quantizer = Literal["minmax", "lsq"]
 
 
@@ -170,8 +170,8 @@ class CompressSpec(_Strict):
 
     prune_ratio: SFloat = Field(0.0, description="Share of channels removed per layer (0 = no pruning).")
     prune_method: PruneMethod = Field("l1", description="Channel ranking: l1/l2 (filter norms), random, taylor, "
-                                      "bn_scale, or NNI's l1/l2/fpgm scores summed over coupled channels "
-                                      '(nni-l1, nni-l2, nni-fpgm: pip install "autokd[nni]").')
+                                      "bn_scale, or NNI's scores summed over coupled channels (nni-l1, nni-l2, "
+                                      'nni-fpgm, nni-taylor: pip install "autokd[nni]").')
     round_to: int = Field(1, ge=1, description="Round pruned channel counts to a multiple of this.")
     bits: SInt = Field(32, description="Weight bits (2-8), or 32 for no quantization.")
     act_bits: int | None = Field(None, ge=2, le=8, description="Activation bits of quantized layers "
