@@ -296,7 +296,7 @@ class _Lsq(_FakeQuant):
         self.a_step = nn.Parameter(torch.ones((), device=device))
         self.register_buffer("a_signed", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("act_ready", torch.zeros((), dtype=torch.bool, device=device))
-        self._calibrated = False
+        self._calibrated = self._signed = False  # Python mirrors of the buffers: a forward never reads a GPU flag
         self._init_weight_step()
 
     def _init_weight_step(self) -> None:
@@ -340,7 +340,7 @@ class _Lsq(_FakeQuant):
         ``[-2^(b-1), 2^(b-1) - 1]``; ``None`` at 32 bits or before any training batch initialized the step."""
         if self.a_bits >= 32 or not self._calibrated:
             return None
-        qmin, qmax = self._input_range(bool(self.a_signed))
+        qmin, qmax = self._input_range(self._signed)
         scale = self.a_step.detach().abs().float().clamp_min(LSQ_MIN_STEP)
         return QParams(scale, torch.zeros((), dtype=torch.int32, device=scale.device), qmin, qmax)
 
@@ -348,7 +348,7 @@ class _Lsq(_FakeQuant):
         if self.a_bits >= 32:
             return x
         if self._calibrated:
-            step, signed = self.a_step, bool(self.a_signed)
+            step, signed = self.a_step, self._signed
         else:
             signed = bool(x.detach().min() < 0)
             init = _lsq_init(x, self._input_range(signed)[1])
@@ -357,12 +357,17 @@ class _Lsq(_FakeQuant):
                     self.a_step.copy_(init)
                     self.a_signed.fill_(signed)
                     self.act_ready.fill_(True)
-                self._calibrated = True
+                self._calibrated, self._signed = True, signed
                 step = self.a_step
             else:  # evaluated before any training batch: this batch's own initial step, nothing stored
                 step = init
         qmin, qmax = self._input_range(signed)
         return _lsq(x.float(), step, qmin, qmax, x[0].numel()).to(x.dtype)
+
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._signed = bool(self.a_signed)
 
 
 class LsqConv2d(_Lsq, QuantConv2d):
