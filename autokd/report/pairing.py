@@ -23,9 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from autokd.space.schema import LATER_FIELDS
+
 KD_PARAM = "distill.kd"
 # Settings that may differ between twins without making them different configurations.
 IGNORED_SETTINGS = ({"search"}, {"dataset": {"root", "download"}})
+# Settings added by later versions of autokd: a trial recorded before one existed ran at its default (the space hash
+# leaves them out while at their default, so such a study resumes), so a missing one reads as its default. Else a
+# twin run after an upgrade would be refused as "settings differ" from its original recorded before it.
+LATER_DEFAULTS = {f"{section}.{name}": default for section, fields in LATER_FIELDS.items()
+                  for name, default in fields.items()}
 
 __all__ = ["KD_PARAM", "Pair", "LostPair", "Pairing", "pair_trials", "kd_flag", "metric_of", "is_state"]
 
@@ -161,6 +168,9 @@ def _settings_diff(a: Mapping, b: Mapping, kd_param: str) -> list[str]:
         return out
 
     fa, fb = flat(a or {}), flat(b or {})
+    for path, default in LATER_DEFAULTS.items():
+        fa.setdefault(path, _freeze(default))
+        fb.setdefault(path, _freeze(default))
     return sorted(k for k in set(fa) | set(fb) if k != kd_param and fa.get(k) != fb.get(k))
 
 

@@ -92,6 +92,20 @@ def test_linked_pair_that_differs_beyond_kd_is_refused_and_lost(twin_kwargs, why
     assert pairing.unpaired == []
 
 
+@pytest.mark.parametrize("field,default,other", [("train.precision", "fp32", "bf16"),
+                                                   ("compress.quantizer", "minmax", "lsq")])
+def test_a_setting_added_later_reads_as_its_default_in_a_trial_recorded_before_it(field, default, other):
+    """A study resumed after an upgrade: the original was recorded before the field existed, its twin records it.
+    At its default the twins are a pair (the old trial ran with it); at another value they are not."""
+    block, name = field.split(".")
+    original = trial(0, True)
+    assert name not in original["settings"].get(block, {})
+    same = pair_trials([original, trial(1, False, twin_of=0, settings={block: {name: default}})])
+    assert numbers(same) == [(0, 1)] and same.refused == []
+    changed = pair_trials([original, trial(1, False, twin_of=0, settings={block: {name: other}})])
+    assert changed.pairs == [] and field in changed.refused[0].reason
+
+
 def test_linked_pair_with_kd_not_flipped_is_refused():
     pairing = pair_trials([trial(0, True), trial(1, True, twin_of=0)])
     assert pairing.pairs == []
