@@ -19,7 +19,7 @@ def open_report_study(space: Optional[Path], set_: list[str], storage: Optional[
     from autokd.study import default_storage, load_study
 
     if space is not None:
-        sp = load_space(space, overrides=set_)
+        sp = load_space(space, overrides=set_, machine=False)  # reading a study needs no NNI nor its data's memory
         name = study or sp.name
     elif study is not None:
         name = study

@@ -6,6 +6,7 @@ Thin renderers of data computed elsewhere (trial records and :func:`autokd.repor
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ from autokd.errors import AutokdError, Problem
 
 AXIS_LABELS = {"flops": "MFLOPs", "bitops": "GBitOps", "size_bytes": "size (KB)", "params": "parameters (k)"}
 AXIS_SCALE = {"flops": 1e-6, "bitops": 1e-9, "size_bytes": 1e-3, "params": 1e-3}
+
+
+@contextlib.contextmanager
+def _writing(path: Path, option: str):
+    """A picture that cannot be written (no permission, a folder in the way, a full disk) is bad input: one located
+    line naming the option and the path, exit 2 -- not an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        raise AutokdError(Problem(f"cannot write {path}: {exc.strerror or exc}", file=option)) from None
 
 
 def _series(records: list[dict[str, Any]], kd: dict[str, Any]) -> dict[str, Any]:
@@ -42,12 +53,13 @@ def write_plot(path: str | Path, records: list[dict[str, Any]], kd: dict[str, An
     s = _series(records, kd)
     if not s["on"][0] and not s["off"][0]:
         raise AutokdError(Problem("no complete trials to draw yet; run the search first", file="--plot"))
-    if path.suffix.lower() == ".html":
-        _plotly(path, s, title)
-    elif path.suffix.lower() in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
-        _matplotlib(path, s, title)
-    else:
+    if path.suffix.lower() not in (".html", ".png", ".svg", ".pdf", ".jpg", ".jpeg"):
         raise AutokdError(Problem(f"cannot draw {path.name}: use a .png, .svg, .pdf or .html file", file="--plot"))
+    with _writing(path, "--plot"):
+        if path.suffix.lower() == ".html":
+            _plotly(path, s, title)
+        else:
+            _matplotlib(path, s, title)
     return path
 
 
@@ -225,10 +237,11 @@ def write_kd_forest(path: str | Path, kd: dict[str, Any], *, title: str = "") ->
     if rows["overall"]["mean"] is None:
         raise AutokdError(Problem("no complete KD pairs to draw yet; run the search first", file="--plot-kd"))
     title = title or f"Does KD's gain persist across techniques? ({rows['metric']})"
-    if path.suffix.lower() == ".html":
-        fig = _forest_plotly(path, rows, title)
-    else:
-        fig = _forest_matplotlib(path, rows, title)
+    with _writing(path, "--plot-kd"):
+        if path.suffix.lower() == ".html":
+            fig = _forest_plotly(path, rows, title)
+        else:
+            fig = _forest_matplotlib(path, rows, title)
     return path, fig
 
 

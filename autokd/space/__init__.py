@@ -39,11 +39,15 @@ __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_
            "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "space_json_schema", "to_dict", "validate_data"]
 
 
-def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
-    """Read, override and validate a YAML space file."""
+def load_space(path: str | Path, *, overrides: Sequence[str] = (), machine: bool = True) -> Space:
+    """Read, override and validate a YAML space file.
+
+    ``machine``: also run the checks of whether this machine can run it (:data:`MACHINE_CHECKS`: the data fits in
+    memory, optional backends such as NNI import); ``False`` for commands that only read a study made elsewhere
+    (``report``, ``export``)."""
     path = Path(path)
     data, lines = _read_yaml(path)
-    return validate_data(data, source=str(path), lines=lines, overrides=overrides)
+    return validate_data(data, source=str(path), lines=lines, overrides=overrides, machine=machine)
 
 
 def space_from_dict(data: dict[str, Any], *, overrides: Sequence[str] = ()) -> Space:

@@ -165,3 +165,28 @@ def test_a_study_without_pairs_is_exit_2(cli, url, tmp_path):
     line = one_error_line(cli("report", "--storage", url, "--study", "emptykd", "--plot-kd", out))
     assert line.startswith("error: --plot-kd: no complete KD pairs"), line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option,suffix", [("--plot-kd", "png"), ("--plot-kd", "html"), ("--plot", "png")])
+def test_a_picture_that_cannot_be_written_is_exit_2(cli, url, tmp_path, option, suffix):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    out = blocker / f"kd.{suffix}"  # its folder is a file: mkdir fails (NotADirectoryError / FileExistsError)
+    line = one_error_line(cli("report", "--storage", url, "--study", "kdplot", option, out))
+    assert line.startswith(f"error: {option}: cannot write {out}"), line
+
+
+def test_reading_a_study_runs_no_machine_checks(cli, url, tmp_path, tiny_space_data, monkeypatch):
+    """A study is read where it was not run (a laptop, a machine without NNI): report and export load the space
+    file for its name and settings only; the checks of whether this machine can *run* it are validate's."""
+    import yaml
+
+    path = tmp_path / "kdplot.yaml"
+    path.write_text(yaml.safe_dump(space(tiny_space_data, "kdplot")))
+    monkeypatch.setenv("AUTOKD_MEMORY_LIMIT_BYTES", "1000")  # "this machine" has 1 kB: the data cannot fit
+    refused = cli("validate", path)
+    assert refused.code == 2 and "memory" in refused.err.lower(), refused.err
+    ok = cli("report", path, "--storage", url, "--json")
+    assert ok.code == 0, ok.err
+    missing = cli("export", path, "--storage", url, "--trial", 999, "--format", "state_dict", "-o", tmp_path / "m.pt")
+    assert missing.code == 2 and "memory" not in missing.err.lower() and "999" in missing.err, missing.err
