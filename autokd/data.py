@@ -22,6 +22,7 @@ logits) can tell whether they were computed on these very images and labels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -44,9 +45,36 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_DIR_ENV = "AUTOKD_FASHION_MNIST_DIR"
 
 
+#: What each dataset's loader reads as "raw" images, and the raw value that becomes 1.0 (see
+#: :meth:`Splits.preprocessing`).
+RAW_PIXELS: dict[str, tuple[str, float]] = {
+    "digits": ("sklearn.datasets.load_digits().images[:, None]: (N, 1, 8, 8), integer values 0..16", 16.0),
+    "mnist": ("the IDX images: uint8 (N, 28, 28) as (N, 1, 28, 28), values 0..255 (scaled as raw * (1/255) in "
+              "float32, within 1 ulp of raw / 255)", 255.0),
+    "fashion_mnist": ("the IDX images: uint8 (N, 28, 28) as (N, 1, 28, 28), values 0..255 (scaled as raw * (1/255) "
+                      "in float32, within 1 ulp of raw / 255)", 255.0),
+    "cifar10": ("torchvision CIFAR10 .data: uint8 (N, 32, 32, 3) RGB, transposed to (N, 3, 32, 32), values 0..255",
+                255.0),
+    "cifar100": ("torchvision CIFAR100 .data: uint8 (N, 32, 32, 3) RGB, transposed to (N, 3, 32, 32), values "
+                 "0..255", 255.0),
+    "imagefolder": ("each image file as torchvision ImageFolder loads it (PIL, converted to RGB), resized by "
+                    "torchvision.transforms.Resize(({S}, {S})) (PIL bilinear, antialiased, rounded to uint8), as "
+                    "(N, 3, {S}, {S}), values 0..255", 255.0),
+}
+
+#: How :func:`load_dataset` resizes to ``image_size``: ``torch.nn.functional.interpolate`` with these arguments.
+RESIZE_ARGS: dict[str, Any] = {"mode": "bilinear", "align_corners": False, "antialias": False}
+
+
 @dataclass(frozen=True)
 class Splits:
-    """Normalized image tensors (N, C, H, W) and integer labels for each split."""
+    """Normalized image tensors (N, C, H, W) and integer labels for each split, and what was applied to get them.
+
+    ``mean``/``std``: the per-channel statistics every split was normalized with (computed on the training split
+    after any resize; ``std`` unbiased and clamped to >= 1e-6); ``pixel_max``: the raw pixel value that was scaled
+    to 1.0 (16 for digits, 255 for the uint8 datasets); ``raw_size``: (H, W) of the images before the resize
+    (``None``: not resized here); ``resize``: the exact call that resized them (``""``: none). A hand-built
+    ``Splits`` leaves them empty (:meth:`preprocessing` then returns ``None``)."""
 
     name: str
     train_x: torch.Tensor
@@ -56,6 +84,11 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    pixel_max: float | None = None
+    raw_size: tuple[int, int] | None = None
+    resize: str = ""
 
     @property
     def in_channels(self) -> int:
@@ -70,8 +103,33 @@ class Splits:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
 
     def to(self, device: torch.device | str) -> Splits:
-        return Splits(self.name, *(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y,
-                                                          self.test_x, self.test_y)), self.num_classes)
+        moved = (t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y))
+        return dataclasses.replace(self, **dict(zip(("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"),
+                                                    moved)))
+
+    def preprocessing(self) -> dict[str, Any] | None:
+        """How to turn raw images into this model input, exactly as :func:`load_dataset` did: the raw images
+        (``raw``), ``x = raw / pixel_max`` in float32, then the resize (if any), then ``(x - mean[c]) / std[c]``
+        per channel. ``None`` when unknown (a hand-built ``Splits``)."""
+        if not self.mean or not self.std or self.pixel_max is None:
+            return None
+        size = [int(self.train_x.shape[-2]), int(self.train_x.shape[-1])]
+        scaled = f"raw / {self.pixel_max:g}"
+        if self.resize:
+            scaled = self.resize.replace("(x, ", f"({scaled}, ", 1)
+        raw = RAW_PIXELS.get(self.name, ("the dataset's images", self.pixel_max))[0]
+        return {
+            "formula": f"x = ({scaled} - mean[c]) / std[c]   (float32, NCHW, c: the channel)",
+            "raw": raw.replace("{S}", str(size[-1])),
+            "pixel_max": self.pixel_max,
+            "resize": None if not self.resize else {
+                "from": list(self.raw_size) if self.raw_size else None, "to": size,
+                "function": "torch.nn.functional.interpolate", **RESIZE_ARGS, "call": self.resize},
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "statistics": "per channel over the training split after the resize; std unbiased (torch.std), "
+                          "clamped to >= 1e-6",
+        }
 
 
 def dataset_key(dataset_spec: Any) -> str:
@@ -179,10 +237,15 @@ def _load_cached(spec_json: str, default_dir: str = "") -> Splits:
         x_train, _, y_train, _ = _split(x_train, y_train, 1.0 - spec["limit"] / len(y_train), rng_seed + 2)
     size = spec.get("image_size")
     tensors = []
+    raw_size = None
+    resize = ""
     for x in (x_train, x_val, x_test):
         t = _to_float(x)
-        if size and t.shape[-1] != size:
-            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        if size and tuple(t.shape[-2:]) != (size, size):
+            raw_size = (int(t.shape[-2]), int(t.shape[-1]))
+            args = ", ".join(f"{k}={v!r}" for k, v in RESIZE_ARGS.items())
+            resize = f"torch.nn.functional.interpolate(x, size=({size}, {size}), {args})"
+            t = F.interpolate(t, size=(size, size), **RESIZE_ARGS)
         tensors.append(t)
     # Normalize with the training split's per-channel statistics.
     mean = tensors[0].mean(dim=(0, 2, 3), keepdim=True)
@@ -191,7 +254,9 @@ def _load_cached(spec_json: str, default_dir: str = "") -> Splits:
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     return Splits(spec["name"], x_train.contiguous(), torch.as_tensor(y_train, dtype=torch.long),
                   x_val.contiguous(), torch.as_tensor(y_val, dtype=torch.long), x_test.contiguous(),
-                  torch.as_tensor(y_test, dtype=torch.long), num_classes)
+                  torch.as_tensor(y_test, dtype=torch.long), num_classes,
+                  mean=tuple(float(v) for v in mean.flatten()), std=tuple(float(v) for v in std.flatten()),
+                  pixel_max=RAW_PIXELS[spec["name"]][1], raw_size=raw_size, resize=resize)
 
 
 def _to_float(x: np.ndarray) -> torch.Tensor:

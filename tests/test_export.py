@@ -75,7 +75,10 @@ def test_eight_bit_onnx_holds_int8_weights_and_qdq_pairs_and_matches_torch():
     got = _ort(data, X)
     agree, diff = verify.compare(want, got)
     assert agree >= verify.MIN_AGREEMENT
-    assert diff < 0.05 * np.abs(want).max()  # ties of the rounding may fall the other way in onnxruntime
+    # Measured: ~1e-8 (1e-7 of the largest logit) over 5 x 256 random images: onnxruntime's Q/DQ rounds as
+    # torch's fake-quant does. One activation whose rounding tie fell the other way would cost ~1e-2 relative
+    # and fail here, which is meant: that would be a real disagreement to look at.
+    assert diff < 1e-4 * np.abs(want).max()
 
 
 def test_below_8_bits_onnx_has_no_qdq_except_the_8_bit_first_and_last_layers():
@@ -146,7 +149,7 @@ def test_lsq_layers_export_through_their_grids():
             want = model(X)
             torch.testing.assert_close(module(X), want, atol=1e-5, rtol=1e-5)
         agree, diff = verify.compare(want.numpy(), _ort(data, X))
-        assert agree >= verify.MIN_AGREEMENT and diff < 0.05 * want.abs().max().item()
+        assert agree >= verify.MIN_AGREEMENT and diff < 1e-4 * want.abs().max().item()  # measured: <= 1e-7
 
 
 def test_a_quantized_layer_without_a_range_is_refused():
@@ -166,6 +169,59 @@ def test_sidecar_metrics_give_repeat_0_beside_the_mean():
     old = sidecar.metrics_of({"metrics": {"test_accuracy": 0.7}})  # a trial recorded before repeats
     assert old["repeats"] == 1 and old["model_metrics"] == {"test_accuracy": 0.7}
     assert '"x": null' in sidecar.dumps({"x": float("nan")})
+    assert sidecar.clean([{"a": (float("inf"), 1.0), 2: float("-inf")}]) == [{"a": [None, 1.0], "2": None}]
+
+
+def _raw_digits_test_split(spec):
+    """The raw test images of the digits dataset (values 0..16), split as autokd.data splits them."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    _, test = train_test_split(np.arange(len(d.target)), test_size=spec.test_fraction, random_state=spec.split_seed,
+                               stratify=d.target)
+    return d.images[test][:, None]
+
+
+def apply_recipe(pre: dict, raw: np.ndarray) -> torch.Tensor:
+    """The sidecar's ``input.preprocessing`` applied to raw images, reading only the sidecar's fields."""
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(raw), dtype=torch.float32) / pre["pixel_max"]
+    if pre["resize"] is not None:
+        r = pre["resize"]
+        assert r["function"] == "torch.nn.functional.interpolate"
+        x = F.interpolate(x, size=tuple(r["to"]), mode=r["mode"], align_corners=r["align_corners"],
+                          antialias=r["antialias"])
+    mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pre["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize("size", [None, 8, 16, 6])  # native, the same, upsampled, downsampled
+def test_the_sidecar_input_recipe_turns_raw_digits_into_test_x(size):
+    import json
+
+    from autokd.data import load_dataset
+    from autokd.space.schema import DatasetSpec
+
+    spec = DatasetSpec(name="digits", image_size=size)
+    data = load_dataset(spec)
+    section = sidecar.input_section(tuple(data.test_x.shape[1:]), data.preprocessing(), spec.model_dump())
+    pre = json.loads(sidecar.dumps(section))["preprocessing"]  # as a reader of the file sees it
+    assert pre["pixel_max"] == 16.0 and len(pre["mean"]) == len(pre["std"]) == 1
+    assert tuple(pre["mean"]) == data.mean and tuple(pre["std"]) == data.std
+    resized = size not in (None, 8)
+    assert (pre["resize"] is not None) == resized
+    if resized:
+        assert pre["resize"]["from"] == [8, 8] and pre["resize"]["to"] == [size, size]
+        assert pre["resize"]["call"] == (f"torch.nn.functional.interpolate(x, size=({size}, {size}), "
+                                         "mode='bilinear', align_corners=False, antialias=False)")
+        assert "mode='bilinear', align_corners=False, antialias=False" in pre["formula"]
+    assert pre["formula"].startswith("x = (") and "raw / 16" in pre["formula"]
+    torch.testing.assert_close(apply_recipe(pre, _raw_digits_test_split(spec)), data.test_x, atol=1e-6, rtol=0)
+    # a hand-built Splits knows no recipe: the sidecar says so (null), it does not guess
+    assert sidecar.input_section((1, 8, 8), None)["preprocessing"] is None
 
 
 def test_agreement_and_latency_arithmetic():

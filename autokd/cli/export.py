@@ -22,7 +22,7 @@ def _open_study(space: Optional[Path], storage: Optional[str], study: Optional[s
     from autokd.study import default_storage, load_study
 
     if space is not None:
-        name = study or load_space(space).name
+        name = study or load_space(space, machine=False).name  # only its name: no machine checks
     elif study is not None:
         name = study
     else:
@@ -121,7 +121,10 @@ def export(
         done.append(e)
         console.print(_line(e.sidecar, e.file), soft_wrap=True, highlight=False)
     if json_:
-        typer.echo(json.dumps([e.sidecar for e in done], indent=2, allow_nan=False, default=str))
+        from autokd.export import sidecar
+
+        # the same cleaning as the files (NaN/inf -> null): a NaN cannot fail here, after the files are written
+        typer.echo(json.dumps(sidecar.clean([e.sidecar for e in done]), indent=2, allow_nan=False, default=str))
     else:
         console.print(_table(done, format_))
     failed = [e for e in done if not e.passed]

@@ -7,10 +7,17 @@ followed by ``DequantizeLinear``. The TorchScript-based exporter maps ``torch.fa
 the grids (0, 255) / (-128, 127) to a ``QuantizeLinear``/``DequantizeLinear`` pair and runs the ``symbolic``.
 torch marks it deprecated (a warning, silenced here); the day it is removed, :mod:`autokd.export.graph`'s stand-ins
 are what a ``custom_translation_table`` of the dynamo exporter would map.
+
+``dynamo=False`` is passed only where ``torch.onnx.export`` has that keyword (:func:`_legacy_exporter`): it
+appeared with the dynamo exporter's entry through ``torch.onnx.export`` (torch 2.4/2.5, default ``False``) and
+defaults to ``True`` since torch 2.9; a torch without it has only the TorchScript-based exporter behind that
+function, so leaving it out asks for the same thing, and the ``export`` extra needs no torch floor of its own.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import warnings
 from collections import Counter
@@ -25,13 +32,24 @@ OPSET = 17  # >= 13: per-channel DequantizeLinear (axis)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
+@functools.lru_cache(maxsize=1)
+def _legacy_exporter() -> dict[str, Any]:
+    """The keywords that select the TorchScript-based exporter: ``{"dynamo": False}`` where ``torch.onnx.export``
+    takes ``dynamo``, else none (an older torch, which has no other exporter behind that function)."""
+    try:
+        params = inspect.signature(torch.onnx.export).parameters
+    except (TypeError, ValueError):  # not introspectable: assume a current torch
+        return {"dynamo": False}
+    return {"dynamo": False} if "dynamo" in params else {}
+
+
 def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` (from :func:`autokd.export.graph.prepare` with target "onnx") as an ONNX model with a dynamic
     batch dimension: input ``input`` (N, C, H, W) float32, output ``logits`` (N, classes)."""
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+        torch.onnx.export(module, (example,), buf, **_legacy_exporter(), opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     return buf.getvalue()

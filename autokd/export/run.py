@@ -141,7 +141,8 @@ def export_one(tm: TrialModel, fmt: str, path: Path, *, study: str, data: Any, r
     except graph.ExportError as exc:
         raise AutokdError(Problem(f"trial {tm.number}: {exc}", file="--format")) from None
     side = sidecar.build(fmt=fmt, file=path.name, study=study, trial=tm.trial, settings=settings, arch=arch,
-                         plans=plans, input_shape=tuple(test_x.shape[1:]), extra=extra)
+                         plans=plans, input_shape=tuple(test_x.shape[1:]),
+                         preprocessing=data.preprocessing() if hasattr(data, "preprocessing") else None, extra=extra)
     if fmt == "torchscript":
         blob = formats.torchscript_bytes(module, example, extra={"autokd.json": sidecar.dumps(side)})
     side_path = sidecar_path(path)

@@ -6,7 +6,8 @@ trial's repeats), ``repeats`` (how many), ``model_repeat`` (whose weights the fi
 ``model_metrics`` (that repeat's own metrics), ``repeat_metrics`` (each repeat's), ``architecture`` (family,
 architecture arguments, classes, input channels and ``layers``: every conv/linear/batch-norm's channel counts
 after pruning, with ``w_bits``/``a_bits`` for quantized layers -- :func:`autokd.models.saved.rebuild` takes it with
-the state_dict), ``input`` (name, shape, dtype, preprocessing), ``quantization`` (``simulated`` and, per quantized
+the state_dict), ``input`` (name, shape, dtype, and ``preprocessing``: how raw images become the input -- see
+:func:`input_section`), ``quantization`` (``simulated`` and, per quantized
 layer, how its weights and input activations are written), ``simulated``, ``onnx`` (op counts, ONNX only) and
 ``check`` (agreement on the test split, largest logit difference, latency per image). A TorchScript archive also
 carries the sidecar inside (``autokd.json`` in its extra files), as it was before the check.
@@ -46,9 +47,10 @@ def metrics_of(trial_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(*, fmt: str, file: str, study: str, trial: Any, settings: dict[str, Any], arch: dict[str, Any],
-          plans: list[LayerPlan], input_shape: tuple[int, ...], extra: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
-    """The sidecar of one export, before its check (see :func:`with_check`)."""
+          plans: list[LayerPlan], input_shape: tuple[int, ...], preprocessing: dict[str, Any] | None = None,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar of one export, before its check (see :func:`with_check`). ``preprocessing``: the data's
+    :meth:`autokd.data.Splits.preprocessing` (``None``: unknown)."""
     simulated = is_simulated(plans)
     return {
         "autokd_sidecar": SIDECAR_VERSION,
@@ -61,9 +63,7 @@ def build(*, fmt: str, file: str, study: str, trial: Any, settings: dict[str, An
         **metrics_of(trial.user_attrs),
         "settings": settings,
         "architecture": arch,
-        "input": {"name": "input", "shape": [1, *input_shape], "dtype": "float32", "batch": "dynamic",
-                  "preprocessing": "the dataset's normalization, as autokd.data.load_dataset applies it",
-                  "dataset": settings.get("dataset")},
+        "input": input_section(input_shape, preprocessing, settings.get("dataset")),
         "output": {"name": "logits", "shape": [1, arch["num_classes"]]},
         "quantization": {"simulated": simulated, "layers": {p.name: p.as_dict() for p in plans}},
         "simulated": simulated,
@@ -71,20 +71,33 @@ def build(*, fmt: str, file: str, study: str, trial: Any, settings: dict[str, An
     }
 
 
+def input_section(input_shape: tuple[int, ...], preprocessing: dict[str, Any] | None,
+                  dataset: Any = None) -> dict[str, Any]:
+    """The sidecar's ``input``: tensor name, shape (batch 1; the batch dimension is dynamic), dtype, layout, and
+    ``preprocessing``, what turns raw images into that tensor, as :func:`autokd.data.load_dataset` did for the
+    search: ``formula`` (one line), ``raw`` (what the raw images are), ``pixel_max`` (the raw value scaled to
+    1.0), ``resize`` (``null``, or ``from``/``to`` sizes and the exact ``torch.nn.functional.interpolate`` call),
+    ``mean``/``std`` per channel. So the file and its sidecar are enough to feed raw images."""
+    return {"name": "input", "shape": [1, *input_shape], "dtype": "float32", "layout": "NCHW", "batch": "dynamic",
+            "preprocessing": preprocessing, "dataset": dataset}
+
+
 def with_check(sidecar: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
     return {**sidecar, "check": check}
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf as null: the file stays strict JSON."""
+def clean(value: Any) -> Any:
+    """NaN/inf as null (in dicts, lists and tuples, keys as strings): what stays strict JSON, for the files and
+    for ``autokd export --json`` alike."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
 def dumps(sidecar: dict[str, Any]) -> str:
-    return json.dumps(_clean(sidecar), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    """One sidecar as strict JSON text (:func:`clean` first)."""
+    return json.dumps(clean(sidecar), indent=2, sort_keys=False, allow_nan=False) + "\n"

@@ -1,4 +1,4 @@
-"""``autokd export`` end to end: tiny searches (a float, a pruned and an 8-bit model, and a 4-bit one), exported
+"""``autokd export`` end to end: tiny searches (a float, a pruned, an 8-bit, a 4-bit and an 8-bit LSQ model), exported
 as ONNX, TorchScript and state_dict, each checked on the test split; and every refusal as one located line."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ STUDIES = {
     "pruned": ["compress.bits=32", "compress.prune_ratio=0.5", "train.repeats=2"],
     "q8": ["compress.bits=8", "compress.prune_ratio=0.0"],
     "q4": ["compress.bits=4", "compress.prune_ratio=0.0", "compress.keep_first_last=false"],
+    "lsq8": ["compress.bits=8", "compress.prune_ratio=0.0", "compress.quantizer=lsq"],
 }
 COMMON = ["distill.kd=false", "model.width_mult=0.25", "train.epochs=1", "compress.finetune_epochs=1",
           "search.n_trials=1"]
@@ -27,7 +28,7 @@ COMMON = ["distill.kd=false", "model.width_mult=0.25", "train.epochs=1", "compre
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory, main_runner, tiny_space_data):
-    """Four one-trial studies in one SQLite file: (folder, storage URL)."""
+    """One-trial studies (:data:`STUDIES`) in one SQLite file: (folder, storage URL)."""
     folder = tmp_path_factory.mktemp("export")
     (folder / "space.yaml").write_text(yaml.safe_dump(tiny_space_data, sort_keys=False))
     url = f"sqlite:///{folder}/x.db"
@@ -153,6 +154,37 @@ def test_pruned_model_with_repeats_state_dict_rebuilds_from_the_sidecar(export, 
         assert torch.equal(rebuilt(x), model(x))
 
 
+def test_the_exported_file_holds_repeat_0s_weights_not_repeat_1s(export, studies, tmp_path):
+    """The file's model is repeat 0's: on the test split it scores repeat 0's recorded accuracy, and it is not the
+    model that repeat 1 trains (retrained here from the trial's settings, checked against repeat 1's record)."""
+    from autokd.data import load_dataset
+    from autokd.export import rebuild_from_sidecar
+    from autokd.measure import accuracy
+    from autokd.objective import run_config
+    from autokd.sampling import TrialConfig, resolve
+    from autokd.space import load_space
+
+    folder, url = studies
+    res = export("pruned", "--trial", "0", "--format", "state_dict", "-o", tmp_path / "p.pt")
+    assert res.code == 0, res.err
+    side = _sidecar(tmp_path / "p.pt")
+    repeats = _trial(url, "pruned").user_attrs["metrics"]["repeats"]
+    assert side["repeat_metrics"] == repeats and len(repeats) == 2
+    sp = load_space(folder / "space.yaml", overrides=COMMON + STUDIES["pruned"])
+    data = load_dataset(sp.dataset)
+    rebuilt = rebuild_from_sidecar(tmp_path / "p.pt", tmp_path / "p.pt.json").eval()
+    acc = accuracy(rebuilt, data.test_x, data.test_y)
+    assert acc == side["model_metrics"]["test_accuracy"] == repeats[0]["test_accuracy"]
+    if repeats[1]["test_accuracy"] != repeats[0]["test_accuracy"]:
+        assert acc != repeats[1]["test_accuracy"]
+    # whatever the accuracies: repeat 1's model, trained again, is another model than the file's
+    t = _trial(url, "pruned")
+    one = run_config(TrialConfig(resolve(sp, t.params), t.params), data, repeat=1).model.eval()
+    assert accuracy(one, data.test_x, data.test_y) == repeats[1]["test_accuracy"]  # the same run as the search's
+    with torch.no_grad():
+        assert not torch.allclose(rebuilt(data.test_x), one(data.test_x), atol=1e-3)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_torchscript_of_the_8_bit_model(export, studies, tmp_path):
     res = export("q8", "--trial", "0", "--format", "torchscript", "-o", tmp_path)  # an existing folder
@@ -171,6 +203,78 @@ def test_json_output_is_the_sidecars(export, tmp_path):
     assert res.code == 0, res.err
     (side,) = json.loads(res.out)
     assert side["trial"] == 0 and side["check"]["passed"] and side["format"] == "torchscript"
+
+
+def _strict(text: str):
+    """JSON that must be strict: NaN/Infinity are refused."""
+    def refuse(name):
+        raise ValueError(f"{name} in the output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_writes_a_nan_as_null_as_the_files_do(export, monkeypatch, tmp_path):
+    import autokd.export.verify as verify
+
+    monkeypatch.setattr(verify, "median_latency_ms", lambda *a, **k: float("nan"))  # a latency nobody could time
+    res = export("float", "--trial", "0", "--format", "state_dict", "-o", tmp_path / "m.pt", "--json")
+    assert res.code == 0, res.err
+    (side,) = _strict(res.out)
+    assert side["check"]["latency_ms"] is None and side["check"]["passed"]
+    assert _strict(Path(f"{tmp_path / 'm.pt'}.json").read_text())["check"]["latency_ms"] is None
+
+
+def test_the_sidecar_says_how_to_turn_raw_images_into_the_input(export, studies, tmp_path):
+    """Only the ONNX file and its sidecar: the raw digits (0..16) through the sidecar's recipe are the test split
+    the search measured, and the file's predictions on them are the trial model's."""
+    import onnxruntime as ort
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from autokd.data import load_dataset
+    from autokd.space import load_space
+
+    folder, _ = studies
+    res = export("float", "--trial", "0", "-o", tmp_path / "m.onnx")
+    assert res.code == 0, res.err
+    section = _sidecar(tmp_path / "m.onnx")["input"]
+    pre = section["preprocessing"]
+    assert section["layout"] == "NCHW" and section["dtype"] == "float32" and section["shape"] == [1, 1, 8, 8]
+    assert pre["formula"].startswith("x = (raw / 16 - mean[c]) / std[c]") and pre["resize"] is None
+    assert pre["raw"].startswith("sklearn.datasets.load_digits().images")
+    ds = section["dataset"]
+    d = load_digits()
+    _, test = train_test_split(np.arange(len(d.target)), test_size=ds["test_fraction"], random_state=ds["split_seed"],
+                               stratify=d.target)
+    x = torch.as_tensor(d.images[test][:, None], dtype=torch.float32) / pre["pixel_max"]
+    if pre["resize"]:  # not at 8 px; as a reader would apply it
+        r = pre["resize"]
+        x = F.interpolate(x, size=tuple(r["to"]), mode=r["mode"], align_corners=r["align_corners"],
+                          antialias=r["antialias"])
+    x = (x - torch.tensor(pre["mean"]).view(1, -1, 1, 1)) / torch.tensor(pre["std"]).view(1, -1, 1, 1)
+    data = load_dataset(load_space(folder / "space.yaml").dataset)
+    torch.testing.assert_close(x, data.test_x, atol=1e-6, rtol=0)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    labels = session.run(None, {"input": x.numpy()})[0].argmax(1)
+    acc = _sidecar(tmp_path / "m.onnx")["model_metrics"]["test_accuracy"]  # a float32 mean: to 1e-6
+    assert np.mean(labels == d.target[test]) == pytest.approx(acc, abs=1e-6)
+
+
+def test_an_lsq_model_exports_as_onnx_with_qdq_pairs(export, studies, tmp_path):
+    _, url = studies
+    assert _trial(url, "lsq8").user_attrs["settings"]["compress"]["quantizer"] == "lsq"
+    res = export("lsq8", "--trial", "0", "-o", tmp_path / "lsq.onnx")
+    assert res.code == 0, res.err
+    side = _sidecar(tmp_path / "lsq.onnx")
+    assert side["check"]["passed"] and side["check"]["agreement"] >= 0.995 and side["simulated"] is False
+    assert side["settings"]["compress"]["quantizer"] == "lsq"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _onnx_ops(tmp_path / "lsq.onnx")
+    layers = side["quantization"]["layers"]
+    assert layers and all(p["w_bits"] == p["a_bits"] == 8 and p["weights"] in ("int8", "uint8")
+                          and p["activations"] in ("int8", "uint8") for p in layers.values())
+    assert sum(side["onnx"]["integer_weights"].values()) == len(layers)
+    assert side["check"]["max_abs_diff"] < 1e-3
 
 
 @pytest.mark.parametrize("args, where, words", [
