@@ -139,17 +139,91 @@ def test_without_nni_the_error_names_the_extra(monkeypatch):
         prune_model(tiny(), ratio=0.5, method="nni-fpgm", example_input=example())
 
 
-def test_validate_refuses_an_nni_method_without_nni(cli, space_file, tiny_space, monkeypatch):
-    import autokd.space.checks as checks
+def _nni_import_fails(monkeypatch, exc: Exception) -> list[str]:
+    """Make importing NNI's modules raise ``exc`` (as an install broken by its dependencies would); returns the
+    names whose import was tried."""
+    import importlib
 
-    monkeypatch.setattr(checks, "nni_available", lambda: False)
-    tiny_space["compress"] = {"prune_ratio": 0.5, "prune_method": "nni-fpgm"}
-    res = cli("validate", space_file(tiny_space))
+    real, tried = importlib.import_module, []
+
+    def fake(name, package=None):
+        if name == "nni" or name.startswith("nni."):
+            tried.append(name)
+            raise exc
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    return tried
+
+
+def _nni_not_installed(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nni" else real(name, *a))
+
+
+def _one_nni_line(res) -> str:
     assert res.code == 2
     lines = [line for line in res.err.splitlines() if "nni" in line.lower()]
     assert len(lines) == 1, res.err
-    assert "compress.prune_method" in lines[0] and 'pip install "autokd[nni]"' in lines[0]
-    assert "space.yaml:" in lines[0]  # located: file and line
+    assert "compress.prune_method" in lines[0] and "space.yaml:" in lines[0]  # located: file, line and field
+    return lines[0]
+
+
+def test_validate_refuses_an_nni_method_without_nni(cli, space_file, tiny_space, monkeypatch):
+    _nni_not_installed(monkeypatch)
+    tiny_space["compress"] = {"prune_ratio": 0.5, "prune_method": "nni-fpgm"}
+    line = _one_nni_line(cli("validate", space_file(tiny_space)))
+    assert "not installed" in line and 'pip install "autokd[nni]"' in line
+
+
+@pytest.mark.parametrize("exc", [TypeError("check_type() got an unexpected keyword argument 'argname'\nmore"),
+                                 ImportError("cannot import name 'TypeCheckError' from 'typeguard'")])
+def test_validate_refuses_an_nni_that_is_installed_but_does_not_import(cli, space_file, tiny_space, monkeypatch,
+                                                                       exc):
+    # find_spec alone would pass this: the check must import what the pruning code imports, and say what failed.
+    needs_nni()
+    tried = _nni_import_fails(monkeypatch, exc)
+    tiny_space["compress"] = {"prune_ratio": 0.5, "prune_method": "nni-l1"}
+    line = _one_nni_line(cli("validate", space_file(tiny_space)))
+    assert tried and tried[0] == "nni.compression.pruning"
+    detail = " ".join(str(exc).split())
+    assert f"nni is installed but does not import: {type(exc).__name__}: {detail}" in line
+
+
+def test_the_backend_check_imports_nothing_without_an_nni_method(tiny_space, monkeypatch):
+    from autokd.space import space_from_dict
+    from autokd.space.checks import check_backends
+
+    tried = _nni_import_fails(monkeypatch, TypeError("broken"))
+    for method in ("l1", "taylor"):
+        assert check_backends(space_from_dict({**tiny_space, "compress": {"prune_method": method}})) == []
+    assert tried == []
+
+
+def test_the_backend_check_passes_a_working_nni(tiny_space):
+    needs_nni()
+    from autokd.space import space_from_dict
+    from autokd.space.checks import check_backends, nni_problem
+
+    assert nni_problem() is None
+    assert check_backends(space_from_dict({**tiny_space, "compress": {"prune_method": "nni-fpgm"}})) == []
+
+
+def test_a_broken_nni_fails_pruning_with_an_import_error_that_says_so(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "nni.compression.pruning":
+            raise TypeError("check_type() got an unexpected keyword argument 'argname'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="'nni-l1'.*installed but does not import: TypeError: check_type"):
+        prune_model(tiny(), ratio=0.5, method="nni-l1", example_input=example())
 
 
 def test_a_search_with_nni_fpgm_completes(cli, space_file, tiny_space, tmp_path, monkeypatch):

@@ -22,6 +22,12 @@ the native criteria: a group's channel score is the sum of NNI's scores of that 
 architecture (FLOPs, parameters) is the one the native criteria give at the same ratio. ``nni-taylor`` gives NNI's
 Taylor pruner the training evaluator it needs: backward passes over the calibration images (as the native
 ``taylor``), through an optimizer of learning rate 0 on which NNI counts its steps.
+
+Scores are one-shot: NNI scores every conv of the unpruned model once, before torch-pruning removes anything, so a
+filter's L1/L2/FPGM score still counts its weights on input channels that another group removes (and Taylor's its
+gradients through them). This is what NNI's own one-shot pruners do (all masks from one set of metrics on the
+unpruned model, then one speedup), and what the native criteria do too: torch-pruning 1.6 estimates every group's
+importance before it prunes any (checked: every ``MagnitudeImportance`` call sees the unpruned weights).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ def _nni_pruner_class(method: str):
         from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, TaylorPruner
     except ImportError as exc:
         raise ImportError(f"pruning method {method!r} needs NNI 3.0: {NNI_INSTALL} ({exc})") from exc
+    except Exception as exc:  # an install broken by its dependencies need not raise ImportError
+        raise ImportError(f"pruning method {method!r} needs NNI 3.0, which is installed but does not import: "
+                          f"{type(exc).__name__}: {exc}") from exc
     return {"nni-l1": L1NormPruner, "nni-l2": L2NormPruner, "nni-fpgm": FPGMPruner, "nni-taylor": TaylorPruner}[method]
 
 
@@ -94,6 +103,11 @@ def nni_channel_scores(model: nn.Module, method: str,
     Higher is more important (L1/L2 norm of the filter; FPGM: summed distance to the other filters of the layer;
     Taylor: summed ``(w * dL/dw)^2`` of the filter over ``calibration``, needed for ``nni-taylor``). The model is
     wrapped by NNI only while scoring and unwrapped before returning (same modules, same weights).
+
+    One-shot, on the model as given: :func:`prune_model` scores every conv before it removes any channel, so a
+    filter's score includes its weights on input channels that an earlier-pruned group removes (the filter is ranked
+    as it was in the trained model, not as it is once its inputs shrank). NNI's one-shot pruners rank the same way,
+    and so do the native criteria (torch-pruning estimates all groups' importance before pruning).
     """
     pruner_class = _nni_pruner_class(method)
     head = {id(m) for m in model.classifier.modules()}

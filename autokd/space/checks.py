@@ -174,22 +174,49 @@ def check_compress(space: Space) -> CheckResult:
 NNI_INSTALL = 'pip install "autokd[nni]"'
 
 
-def nni_available() -> bool:
-    """Whether NNI can be imported (looked up, not imported: importing NNI takes seconds)."""
+#: What ``autokd.compress.prune`` imports for the ``nni-*`` methods (the pruners; the evaluator of ``nni-taylor``).
+NNI_MODULES = ("nni.compression.pruning", "nni.compression.utils")
+
+
+def nni_problem() -> str | None:
+    """Why the NNI backend cannot be used on this machine, or ``None`` when it can.
+
+    NNI is imported, not only looked up: NNI 3.0 (its last release) pins old ``filelock`` / ``typeguard`` versions,
+    so an install whose dependencies were upgraded since exists but may fail to import, and would then fail every
+    trial at prune time. The import takes seconds (torch included), so call this only when an ``nni-*`` method is
+    used. Any exception from the import counts (a broken dependency need not raise ``ImportError``)."""
+    import importlib
     import importlib.util
 
     try:
-        return importlib.util.find_spec("nni") is not None
+        installed = importlib.util.find_spec("nni") is not None
     except (ImportError, ValueError):
-        return False
+        installed = False
+    if not installed:
+        return f"NNI is not installed: {NNI_INSTALL}"
+    for name in NNI_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - whatever a broken install raises, it is this one line
+            detail = " ".join(str(exc).split())  # one line, however long the exception's message
+            return (f"nni is installed but does not import: {type(exc).__name__}: {detail} (importing {name}; "
+                    f"NNI 3.0 needs filelock<3.12 and typeguard<4.1.3, `pip check` lists conflicts)")
+    return None
+
+
+def nni_available() -> bool:
+    """Whether NNI's pruning backend imports (see :func:`nni_problem`)."""
+    return nni_problem() is None
 
 
 def check_backends(space: Space) -> CheckResult:
-    """An ``nni-*`` pruning method needs the optional NNI backend installed (``pip install "autokd[nni]"``)."""
+    """An ``nni-*`` pruning method needs the optional NNI backend installed (``pip install "autokd[nni]"``) and
+    importable; nothing is imported when no ``nni-*`` method is used."""
     method = space.compress.prune_method
-    if str(method).startswith("nni-") and not nni_available():
-        return [("compress.prune_method", f"{method} needs NNI, which is not installed: {NNI_INSTALL}")]
-    return []
+    if not str(method).startswith("nni-"):
+        return []
+    problem = nni_problem()
+    return [("compress.prune_method", f"{method} needs NNI: {problem}")] if problem else []
 
 
 def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResult:

@@ -208,6 +208,15 @@ def test_space_hash_is_stable_and_short(tiny_space):
     assert a == b and len(a) == 16 and int(a, 16) >= 0
 
 
+def test_space_hash_of_a_shipped_space_is_pinned():
+    # GOLDEN VALUE. The hash is a study's identity: `autokd search` resumes an existing study only when the space
+    # file hashes to the value stored with it (else only with --allow-space-change), and the studies made so far
+    # were created with this one. A change of this value (a new defaulted field hashed, a reordering, another
+    # serialization) breaks resuming every existing study, so it must never change without a migration of the
+    # stored hashes. (An edit to the question in spaces/mobilenet.yaml changes it too, rightly: another study.)
+    assert space_hash(load_space(REPO / "spaces" / "mobilenet.yaml", machine=False)) == "530b394c7dec6492"
+
+
 # --- resolve -------------------------------------------------------------------------------------
 
 
