@@ -4,6 +4,7 @@ configuration trained twice and the teacher trained once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,15 +97,28 @@ def test_three_workers_by_hand_on_postgresql(tmp_path, space_file, tiny_space, p
             assert (store / t.user_attrs["model_artifact"]).is_file()
 
 
-def _running_trial_of(url: str, study_name: str, pid: int) -> int | None:
-    try:
-        study, _ = load_study(storage=url, study_name=study_name)
-    except Exception:  # not created yet
-        return None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker_id", {}).get("pid") == pid and "settings" in t.user_attrs:
-            return t.number
-    return None
+def _trial_in_training(log: Path) -> int | None:
+    """The trial a worker (run with ``--progress-json``) is training right now, past its first epoch (so epochs of it
+    remain), from the events it has written; None when there is none.
+
+    Read from the worker's own event stream, not from the storage: polling a SQLite study that two workers write
+    fails on locks often enough that both workers were seen training at once only near the end of the study,
+    when the interrupted worker could already be past its last trial (seen once: it exited 0)."""
+    current, in_training = None, False
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if ev.get("event") == "trial.start":
+            current, in_training = ev.get("number"), False
+        elif ev.get("event") == "trial.done":
+            current, in_training = None, False
+        elif ev.get("event") == "trial.epoch" and ev.get("phase") == "train" and ev.get("epoch") == 1:
+            in_training = ev.get("epochs", 0) > 1
+    return current if in_training else None
 
 
 def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_space):
@@ -116,17 +130,17 @@ def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_
     common = ["--storage", url, "--device", "cpu", "--threads", 1, "--cache-dir", tmp_path / "cache"]
     # output to files, not pipes: a pipe nobody reads while the test polls would block a worker mid-print
     log0, out1, err1_file = (open(tmp_path / name, "w") for name in ("w0.log", "w1.out", "w1.err"))
-    w0 = subprocess.Popen(autokd(path, *common, "--worker-index", 0), stdout=log0, stderr=subprocess.STDOUT,
-                          text=True, env=env())
+    w0 = subprocess.Popen(autokd(path, *common, "--worker-index", 0, "--progress-json"), stdout=log0,
+                          stderr=subprocess.STDOUT, text=True, env=env())
     w1_cmd = autokd(path, *common, "--worker-index", 1)
-    w1 = subprocess.Popen(w1_cmd, stdout=out1, stderr=err1_file, text=True, env=env())
+    w1 = subprocess.Popen([*w1_cmd, "--progress-json"], stdout=out1, stderr=err1_file, text=True, env=env())
     deadline = time.monotonic() + 300
     mine = theirs = None
     while time.monotonic() < deadline and (mine is None or theirs is None):
-        mine = _running_trial_of(url, "many", w1.pid)
-        theirs = _running_trial_of(url, "many", w0.pid)
-        time.sleep(0.2)
-    assert mine is not None and theirs is not None, "both workers should be running a trial"
+        mine = _trial_in_training(tmp_path / "w1.out")
+        theirs = _trial_in_training(tmp_path / "w0.log")
+        time.sleep(0.02)
+    assert mine is not None and theirs is not None, "both workers should be training a trial"
     w1.send_signal(signal.SIGINT)
     w1.wait(timeout=120)
     err1 = (tmp_path / "w1.err").read_text()
