@@ -76,7 +76,7 @@ def test_step_sizes_are_learned_with_scaled_gradients():
     # the gradient scale 1/sqrt(N qmax): the same layer with the scale undone has a larger step gradient
     g = 1 / math.sqrt(layer.weight.numel() * 7)
     w_grad = float(layer.w_step.grad)
-    from autokd.compress import quantize as qz
+    from autokd.compress import lsq as qz
 
     layer.zero_grad()
     orig = qz._grad_scale
@@ -91,7 +91,7 @@ def test_step_sizes_are_learned_with_scaled_gradients():
 def test_the_step_gradient_scale_leaves_the_forward_bit_for_bit():
     # The forward is exactly x (the exported |w_step| / |a_step| is the step the layer trained with), the gradient
     # exactly g; the textbook (x - x g).detach() + x g was 1 ulp off in 0.4% of random steps.
-    from autokd.compress.quantize import _grad_scale, _round_pass
+    from autokd.compress.lsq import _grad_scale, _round_pass
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(100_000, generator=gen) * torch.exp(4 * torch.randn(100_000, generator=gen))
