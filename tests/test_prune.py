@@ -138,10 +138,10 @@ class _DwResidual(nn.Module):
         return self.classifier((s + self.pw(self.dw(s))).mean((2, 3)))
 
 
-def test_removing_dead_channels_keeps_the_function_exactly():
-    # Half of the channels are dead everywhere they appear (zero weights in and out, zero BN affine). Removing them
-    # through the depthwise conv and the residual add must leave the model's function unchanged; a wrong index
-    # mapping anywhere in the group would change it.
+def dead_channel_model() -> nn.Module:
+    """A :class:`_DwResidual` (one coupled group through a depthwise conv and a residual add, 8 channels) whose
+    channels 0, 2, 3, 6 are dead everywhere they appear: zero weights in and out, zero BatchNorm affine (random
+    running statistics elsewhere). Removing exactly those leaves the function unchanged; in eval mode."""
     torch.manual_seed(0)
     model = _DwResidual()
     dead = torch.tensor([0, 2, 3, 6])
@@ -157,7 +157,14 @@ def test_removing_dead_channels_keeps_the_function_exactly():
         model.pw[0].weight[dead] = 0
         model.pw[0].weight[:, dead] = 0
         model.classifier.weight[:, dead] = 0
-    model.eval()
+    return model.eval()
+
+
+def test_removing_dead_channels_keeps_the_function_exactly():
+    # Half of the channels are dead everywhere they appear (zero weights in and out, zero BN affine). Removing them
+    # through the depthwise conv and the residual add must leave the model's function unchanged; a wrong index
+    # mapping anywhere in the group would change it.
+    model = dead_channel_model()
     x = torch.randn(4, *SHAPE)
     before = model(x)
     prune_model(model, ratio=0.5, method="l1", example_input=example())

@@ -56,22 +56,9 @@ def test_dead_channels_of_a_depthwise_residual_group_go_and_the_function_stays(m
     # One coupled group through a depthwise conv and a residual add; half its channels are dead in every layer, so
     # their summed score is 0 (norms, and Taylor's w * dL/dw) and removing them leaves the function unchanged.
     needs_nni()
-    from test_prune import _DwResidual
+    from test_prune import dead_channel_model
 
-    torch.manual_seed(0)
-    model = _DwResidual()
-    dead = torch.tensor([0, 2, 3, 6])
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight[dead] = 0
-                m.bias[dead] = 0
-        model.stem[0].weight[dead] = 0
-        model.dw[0].weight[dead] = 0
-        model.pw[0].weight[dead] = 0
-        model.pw[0].weight[:, dead] = 0
-        model.classifier.weight[:, dead] = 0
-    model.eval()
+    model = dead_channel_model()
     x = torch.randn(4, *SHAPE)
     before = model(x)
     prune_model(model, ratio=0.5, method=method, example_input=example(), calibration=toy_data(n=32))

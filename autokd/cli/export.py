@@ -12,23 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from autokd.cli import app
-from autokd.cli.common import StorageOpt, StudyOpt
+from autokd.cli.common import StorageOpt, StudyOpt, open_study
 from autokd.errors import AutokdError, Problem
-
-
-def _open_study(space: Optional[Path], storage: Optional[str], study: Optional[str]):
-    """(study, the space it was searched with) from a SPACE file and/or --storage/--study."""
-    from autokd.space import load_space
-    from autokd.study import default_storage, load_study
-
-    if space is not None:
-        name = study or load_space(space, machine=False).name  # only its name: no machine checks
-    elif study is not None:
-        name = study
-    else:
-        raise AutokdError(Problem("give a SPACE file, or --study NAME (with --storage URL for a non-default "
-                                  "storage)", file="export"))
-    return load_study(storage=storage or default_storage(name), study_name=name)
 
 
 def _kind(side: dict[str, Any]) -> str:
@@ -106,7 +91,7 @@ def export(
     if output is None:
         raise AutokdError(Problem(f"say where to write: -o {'DIR' if pareto else 'FILE'}", file="-o"))
     require_runtime(format_)
-    st, sp = _open_study(space, storage, study)
+    st, sp = open_study(space, storage, study, command="export")
     chosen = select_trials(st, trial=trial, pareto=pareto)
     paths = output_paths([t.number for t in chosen], format_, output, pareto=pareto)
 

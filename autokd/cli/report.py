@@ -9,24 +9,8 @@ import typer
 from rich.console import Console
 
 from autokd.cli import app
-from autokd.cli.common import MarginOpt, SetOpt, StorageOpt, StudyOpt
+from autokd.cli.common import MarginOpt, SetOpt, StorageOpt, StudyOpt, open_study
 from autokd.errors import AutokdError, Problem
-
-
-def open_report_study(space: Optional[Path], set_: list[str], storage: Optional[str], study: Optional[str]):
-    """(study, space) from a SPACE file and/or --storage/--study."""
-    from autokd.space import load_space
-    from autokd.study import default_storage, load_study
-
-    if space is not None:
-        sp = load_space(space, overrides=set_, machine=False)  # reading a study needs no NNI nor its data's memory
-        name = study or sp.name
-    elif study is not None:
-        name = study
-    else:
-        raise AutokdError(Problem("give a SPACE file, or --study NAME (with --storage URL for a non-default "
-                                  "storage)", file="report"))
-    return load_study(storage=storage or default_storage(name), study_name=name)
 
 
 @app.command()
@@ -53,7 +37,7 @@ def report(
     from autokd.report.render import print_report, to_json
     from autokd.study import build_report, trial_records
 
-    st, sp = open_report_study(space, set_ or [], storage, study)
+    st, sp = open_study(space, storage, study, command="report", overrides=set_)
     info = build_report(st, sp, include_all=all_, margin=margin)
     if plot is not None:
         from autokd.report.plot import write_plot
