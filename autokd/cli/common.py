@@ -21,6 +21,8 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option(
     help="Teacher cache folder (default: studies/teachers).")]
 SpaceArg = Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file.",
                                           show_default=False)]
+StudySpaceArg = Annotated[Optional[Path], typer.Argument(
+    metavar="[SPACE]", help="The space file whose study to read.", show_default=False)]
 MarginOpt = Annotated[float, typer.Option(
     "--margin", metavar="PTS", min=0.01, max=50.0,
     help="Orthogonality margin in accuracy points: a technique is 'orthogonal' to KD when every difference of KD's "

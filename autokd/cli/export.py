@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from autokd.cli import app
-from autokd.cli.common import StorageOpt, StudyOpt, open_study
+from autokd.cli.common import StudySpaceArg, StorageOpt, StudyOpt, open_study
 from autokd.errors import AutokdError, Problem
 
 
@@ -56,8 +56,7 @@ def _table(done: list[Any], fmt: str) -> Table:
 
 @app.command()
 def export(
-    space: Annotated[Optional[Path], typer.Argument(metavar="[SPACE]", help="The space file whose study to read.",
-                                                    show_default=False)] = None,
+    space: StudySpaceArg = None,
     storage: StorageOpt = None,
     study: StudyOpt = None,
     trial: Optional[int] = typer.Option(None, "--trial", metavar="N", min=0, help="Export trial number N."),

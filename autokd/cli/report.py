@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 
 from autokd.cli import app
-from autokd.cli.common import MarginOpt, SetOpt, StorageOpt, StudyOpt, open_study
+from autokd.cli.common import StudySpaceArg, MarginOpt, SetOpt, StorageOpt, StudyOpt, open_study
 from autokd.errors import AutokdError, Problem
 
 
 @app.command()
 def report(
-    space: Annotated[Optional[Path], typer.Argument(metavar="[SPACE]", help="The space file whose study to read.",
-                                                    show_default=False)] = None,
+    space: StudySpaceArg = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     study: StudyOpt = None,
