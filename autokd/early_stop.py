@@ -210,3 +210,35 @@ def decide(point: CurvePoint, costs: Sequence[float], references: Sequence[Refer
     if by.final(point.repeat) < bound:
         return None
     return Decision(point, bound, by.number, by.final(point.repeat), len(peers))
+
+
+class EarlyStopWatch:
+    """The epoch callback of one trial under early stopping: keeps its learning curve and, when the trial may be
+    stopped, asks :func:`decide` after every epoch against the COMPLETE trials read from the
+    study (``references()``, read each epoch so that other workers' trials count as soon as they complete);
+    raises :class:`~autokd.early_stop.Stopped`. ``costs()`` (the trial's planned cost objectives) is computed once,
+    when a decision first needs it. The trial's last epoch (``total``, all phases and repeats) is never a reason to
+    stop: the trial is complete by then, and stopping it would only throw its result away."""
+
+    def __init__(self, *, references: Any, costs: Any, rule: StopRule = StopRule(), may_stop: bool = True,
+                 total: int | None = None):
+        self.references, self.costs, self.rule, self.may_stop = references, costs, rule, may_stop
+        self.total = total
+        self.curve: list = []
+        self.epochs = 0
+        self._costs: list[float] | None = None
+
+    def __call__(self, point: CurvePoint) -> None:
+        add_point(self.curve, point)
+        self.epochs += 1
+        if not self.may_stop or (point.phase == "train" and point.epoch < self.rule.min_epoch) or \
+                (self.total is not None and self.epochs >= self.total):
+            return
+        refs = self.references()
+        if len(refs) < self.rule.min_complete:
+            return
+        if self._costs is None:
+            self._costs = list(self.costs())
+        decision = decide(point, self._costs, refs, self.rule)
+        if decision is not None:
+            raise Stopped(decision, self.epochs)

@@ -19,10 +19,12 @@ planned cost (:func:`planned_costs`); a trial that cannot reach the front there 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from autokd import worker
 from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.early_stop import (CURVE_ATTR, STOPPED_AT_ATTR, STOPPED_BY_ATTR, STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR,
-                               CurvePoint, EpochWatch, Reference, Stopped, StopRule, add_point, decide)
+                               CurvePoint, EarlyStopWatch, EpochWatch, Reference, Stopped, StopRule)
 from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.models.saved import architecture, model_bytes
@@ -48,6 +50,12 @@ from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
 OBJECTIVE_METRICS = {"flops": "flops", "bitops": "bitops", "size": "size_bytes", "params": "params"}
+# How a new study tells Optuna its cost objectives. Costs span decades (BitOps: five on the default space), and a
+# model-based sampler models the values it is told: Optuna's GPSampler found less than random search on raw BitOps
+# and the most of all samplers on log10(BitOps) (bench/samplers.py). log10 is increasing, so Pareto fronts, and
+# early stopping's "costs no more", are the same on either scale; metrics keep the raw counts.
+COST_SCALE = "log10"
+COST_SCALES = ("log10", "linear")
 MODEL_ATTR = "model_artifact"  # trial user attribute: the artifact id of the trial's saved model
 CALIBRATION_IMAGES = 256  # images whose gradients rank channels for Taylor pruning
 
@@ -278,36 +286,20 @@ def stop_references(study: Any) -> list[Reference]:
     return refs
 
 
-class EarlyStopWatch:
-    """The epoch callback of one trial under early stopping: keeps its learning curve and, when the trial may be
-    stopped, asks :func:`autokd.early_stop.decide` after every epoch against the COMPLETE trials read from the
-    study (``references()``, read each epoch so that other workers' trials count as soon as they complete);
-    raises :class:`~autokd.early_stop.Stopped`. ``costs()`` (the trial's planned cost objectives) is computed once,
-    when a decision first needs it. The trial's last epoch (``total``, all phases and repeats) is never a reason to
-    stop: the trial is complete by then, and stopping it would only throw its result away."""
+def told_cost(value: float, scale: str) -> float:
+    """A cost as a study of ``scale`` tells it to Optuna: log10 of the count (floored at 1: a count below one, which
+    no real model has, would otherwise have no logarithm), or the count itself."""
+    if scale == "log10":
+        return math.log10(max(float(value), 1.0))
+    if scale == "linear":
+        return float(value)
+    raise ValueError(f"unknown cost scale {scale!r} (valid: {', '.join(COST_SCALES)})")
 
-    def __init__(self, *, references: Any, costs: Any, rule: StopRule = StopRule(), may_stop: bool = True,
-                 total: int | None = None):
-        self.references, self.costs, self.rule, self.may_stop = references, costs, rule, may_stop
-        self.total = total
-        self.curve: list = []
-        self.epochs = 0
-        self._costs: list[float] | None = None
 
-    def __call__(self, point: CurvePoint) -> None:
-        add_point(self.curve, point)
-        self.epochs += 1
-        if not self.may_stop or (point.phase == "train" and point.epoch < self.rule.min_epoch) or \
-                (self.total is not None and self.epochs >= self.total):
-            return
-        refs = self.references()
-        if len(refs) < self.rule.min_complete:
-            return
-        if self._costs is None:
-            self._costs = list(self.costs())
-        decision = decide(point, self._costs, refs, self.rule)
-        if decision is not None:
-            raise Stopped(decision, self.epochs)
+def objective_values(metrics: dict[str, Any], objectives: Sequence[str], scale: str) -> list[float]:
+    """The values a trial returns to Optuna: validation accuracy, then each cost objective of
+    ``search.objectives`` told on the study's ``scale`` (see :data:`COST_SCALE`)."""
+    return [float(metrics["val_accuracy"])] + [told_cost(metrics[OBJECTIVE_METRICS[o]], scale) for o in objectives]
 
 
 def mean_metrics(per_repeat: list[dict[str, float]]) -> dict[str, Any]:
@@ -321,11 +313,16 @@ class Objective:
     """The callable given to ``study.optimize``: one trial end to end."""
 
     def __init__(self, space: Space, inputs: TrialInputs, *, device: str | torch.device, artifacts: Any = None,
-                 progress: ProgressCallback = silent, early_stop: bool = False, stop_rule: StopRule = StopRule()):
+                 progress: ProgressCallback = silent, early_stop: bool = False, stop_rule: StopRule = StopRule(),
+                 cost_scale: str = COST_SCALE):
         """``artifacts``: an Optuna artifact store for the trained models (None: models are not kept).
         ``early_stop``: record every trial's learning curve and stop (PRUNED) a trial that cannot reach the front
-        at its cost (:mod:`autokd.early_stop`; a KD twin of a completed trial is never stopped)."""
-        self.space, self.inputs = space, inputs
+        at its cost (:mod:`autokd.early_stop`; a KD twin of a completed trial is never stopped).
+        ``cost_scale``: how the study tells its cost objectives (:func:`autokd.study.cost_scale` of the study;
+        every trial of a study uses its one scale)."""
+        if cost_scale not in COST_SCALES:
+            raise ValueError(f"cost_scale: {cost_scale!r} is not one of {', '.join(COST_SCALES)}")
+        self.space, self.inputs, self.cost_scale = space, inputs, cost_scale
         self.device, self.artifacts, self.progress = device, artifacts, progress
         self.early_stop, self.stop_rule = early_stop, stop_rule
         self.current: int | None = None  # the number of the trial this worker is running (or ran last)
@@ -383,7 +380,7 @@ class Objective:
             blob = saved_model(outcome.model, cfg, self.inputs.data, number=trial.number, metrics=metrics)
             trial.set_user_attr(MODEL_ATTR, upload_bytes(self.artifacts, trial, blob, f"trial-{trial.number}.pt"))
         self.progress("trial.done", number=trial.number, metrics=metrics, seconds=seconds, params=cfg.params)
-        return [metrics["val_accuracy"]] + [metrics[OBJECTIVE_METRICS[o]] for o in self.space.search.objectives]
+        return objective_values(metrics, self.space.search.objectives, self.cost_scale)
 
     def _watch(self, trial: Any, cfg: TrialConfig, protected: bool) -> EarlyStopWatch:
         study = getattr(trial, "study", None)
@@ -391,7 +388,8 @@ class Objective:
 
         def costs() -> list[float]:
             planned = planned_costs(cfg, self.inputs.data)
-            return [planned[OBJECTIVE_METRICS[o]] for o in objectives]
+            # on the scale of the references' values (the study's), which keeps "costs no more" as it is
+            return [told_cost(planned[OBJECTIVE_METRICS[o]], self.cost_scale) for o in objectives]
 
         total = cfg.train.repeats * (cfg.train.epochs + cfg.compress.finetune_epochs)
         return EarlyStopWatch(references=lambda: stop_references(study) if study is not None else [], costs=costs,

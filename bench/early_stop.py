@@ -6,8 +6,8 @@ the bias early stopping adds to the KD gain (issue 9).
                                [--sim-studies 400] [--keep DIR] [--analyze DIR]
 
 **Searches.** spaces/mobilenet.yaml with KD fixed (``distill.kd: false``, ``search.kd_twins: false``: no teacher,
-no twins), its TPE sampler and the demo's 6 + 3 epochs per trial, run for ``--seeds`` search seeds
-(``search.seed``). For each seed two arms run side by side, each its own process (``autokd.run_search``, one torch
+no twins), ``--sampler`` (default: autokd's, GP; TPE before GP became the default) and the demo's 6 + 3 epochs per
+trial, run for ``--seeds`` search seeds (``search.seed``). For each seed two arms run side by side, each its own process (``autokd.run_search``, one torch
 thread, its own SQLite study), identical except for ``search.early_stop``:
 
     plain:      early_stop false, until ``--trials`` COMPLETE trials: a budget of B = trials x 9 epochs;
@@ -71,6 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autokd.report.pareto import hypervolume_2d  # noqa: E402
+from autokd.space import SearchSpec  # noqa: E402
 
 NAME = "bench-early-stop"
 DIRECTIONS = ["maximize", "minimize"]
@@ -105,8 +106,8 @@ except KeyboardInterrupt:
 
 
 def overrides(args: argparse.Namespace, seed: int, early_stop: bool) -> list[str]:
-    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), TPE, the given epochs and budget."""
-    return ["distill.kd=false", "search.kd_twins=false", "search.sampler=tpe", f"search.seed={seed}",
+    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), ``--sampler``, the given epochs and budget."""
+    return ["distill.kd=false", "search.kd_twins=false", f"search.sampler={args.sampler}", f"search.seed={seed}",
             f"search.n_trials={args.trials}",
             f"train.epochs={args.epochs}", f"compress.finetune_epochs={args.finetune_epochs}",
             f"search.early_stop={'true' if early_stop else 'false'}", f"name={NAME}"]
@@ -151,7 +152,9 @@ def read_arm(where: Path) -> list[dict[str, Any]]:
         full = ((s.get("train", {}).get("epochs", 0) + s.get("compress", {}).get("finetune_epochs", 0))
                 * s.get("train", {}).get("repeats", 1))
         if t.state.name == "COMPLETE":
-            rows.append({"number": t.number, "state": "COMPLETE", "epochs": full, "point": list(t.values)})
+            m = t.user_attrs["metrics"]  # raw BitOps (the study tells Optuna log10 of it)
+            rows.append({"number": t.number, "state": "COMPLETE", "epochs": full,
+                         "point": [m["val_accuracy"], m["bitops"]]})
         elif "stopped_epoch" in t.user_attrs:
             rows.append({"number": t.number, "state": "STOPPED", "epochs": int(t.user_attrs["stopped_epoch"]),
                          "at": t.user_attrs.get("stopped_at")})
@@ -319,6 +322,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="train.epochs")
     ap.add_argument("--finetune-epochs", type=int, default=3, help="compress.finetune_epochs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each arm (the arms run side by side)")
+    ap.add_argument("--sampler", default=SearchSpec().sampler, help="search.sampler of both arms (default: autokd's)")
     ap.add_argument("--mode", default=default.mode, help="StopRule.mode: extrapolate or rung")
     ap.add_argument("--margin", type=float, default=default.margin)
     ap.add_argument("--width", type=float, default=default.width)

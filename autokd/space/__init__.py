@@ -29,14 +29,15 @@ from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memor
 from autokd.space.messages import validate_data
 from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
                                  Range, SearchSpec, Space, TeacherSpec, TrainSpec, dimensions, discrete_size,
-                                 is_resolved, resolve, space_hash, to_dict)
+                                 is_resolved, legacy_space_hashes, resolve, space_hash, to_dict)
 from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 
 __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",
            "CompressSpec", "DatasetSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
            "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
-           "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "load_space", "memory_limit", "parse_overrides",
-           "parse_yaml_value", "resolve", "space_from_dict", "space_hash", "space_json_schema", "to_dict", "validate_data"]
+           "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "legacy_space_hashes",
+           "load_space", "memory_limit", "parse_overrides", "parse_yaml_value", "resolve", "space_from_dict",
+           "space_hash", "space_json_schema", "to_dict", "validate_data"]
 
 
 def load_space(path: str | Path, *, overrides: Sequence[str] = (), machine: bool = True) -> Space:

@@ -192,14 +192,14 @@ class SearchSpec(_Strict):
     """How Optuna searches: sampler, budget, seeds, objectives."""
 
     sampler: Literal["tpe", "nsga2", "random", "gp"] = Field(
-        "tpe", description="'tpe' (measured best on the default space, bench/samplers.py), 'nsga2', 'random', or "
-        "'gp' (Optuna's GPSampler: it models the cost values as told, and on BitOps spanning five decades it did "
-        "worse than random search; slow, about 0.7 s per proposal).")
+        "gp", description="'gp' (Optuna's GPSampler; measured best on the default space, bench/samplers.py; about "
+        "0.7 s per proposal, more while other workers' trials run), 'tpe', 'nsga2' or 'random'. Not part of the "
+        "space hash: it can be changed when a study is resumed.")
     n_trials: int = Field(20, ge=1, description="Number of COMPLETE trials the study should reach.")
     seed: int = Field(0, description="Seed of the sampler.")
     objectives: list[Objective] = Field(["flops"], min_length=1, max_length=2,
                                         description="Cost objectives minimized beside validation accuracy.")
-    startup_trials: int = Field(6, ge=0, description="Random trials before TPE models the space.")
+    startup_trials: int = Field(6, ge=0, description="Random trials before GP or TPE models the space.")
     population_size: int = Field(8, ge=2, description="NSGA-II population size.")
     max_failures: int = Field(5, ge=1, description="Stop after this many FAIL trials in one run.")
     kd_twins: bool | None = Field(None, description="Run every trial's twin with distill.kd flipped "
@@ -234,9 +234,12 @@ class Space(_Strict):
 
 
 # Fields that set the budget, not the question: left out of the space hash so that a study can be
-# resumed or extended with more trials (early stopping too: it decides how a budget is spent, and can be turned
-# on or off on resume).
-BUDGET_FIELDS = {"search": {"n_trials", "max_failures", "early_stop"}}
+# resumed or extended with more trials (early stopping and the sampler too: they decide how a budget is spent,
+# not what a trial measures, and can be changed on resume).
+BUDGET_FIELDS = {"search": {"n_trials", "max_failures", "early_stop", "sampler"}}
+# Fields that were hashed before they became budget fields, with their valid values: a study made then stored a
+# hash with the field in it (see :func:`legacy_space_hashes`).
+HASHED_BEFORE = {"search": {"sampler": ("tpe", "nsga2", "random", "gp")}}
 # Fields added after studies already existed: left out of the hash while at their default, so that a study made
 # before they existed still resumes (its question did not change).
 LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}}
@@ -344,11 +347,33 @@ def is_resolved(space: Space) -> bool:
 
 def space_hash(space: Space) -> str:
     """A canonical hash of the question a space asks (budget fields left out)."""
+    return _hash(_question(space))
+
+
+def legacy_space_hashes(space: Space) -> set[str]:
+    """The hashes that a study of this same question may have stored before a field of :data:`HASHED_BEFORE` left
+    the hash. ``search.sampler`` was hashed until it became a budget field, so such a study holds the hash of
+    whichever sampler it was made with; with these it still resumes, under any sampler."""
+    hashes = set()
+    for section, fields in HASHED_BEFORE.items():
+        for name, values in fields.items():
+            for value in values:
+                data = _question(space)
+                data[section][name] = value
+                hashes.add(_hash(data))
+    return hashes
+
+
+def _question(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json", exclude=BUDGET_FIELDS)
     for section, fields in LATER_FIELDS.items():
         for name, default in fields.items():
             if data[section].get(name, default) == default:
                 data[section].pop(name, None)
+    return data
+
+
+def _hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

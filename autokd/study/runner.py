@@ -33,7 +33,7 @@ from autokd.study.recovery import _requeue_interrupted, orphan_age, recover_stal
 from autokd.study.sampler import make_sampler
 from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch_teacher, open_artifact_store,
                                     share_teacher)
-from autokd.study.storage import (ATTR_TEACHER, count_states, create_or_load_study, default_storage,
+from autokd.study.storage import (ATTR_TEACHER, cost_scale, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
 from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
@@ -138,7 +138,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
         share_teacher(study, store, space, pool, resolve_cache_dir(cache_dir))
     objective = Objective(space, inputs, device=dev, artifacts=store, progress=progress,
-                          early_stop=early_stop_enabled(space), stop_rule=stop_rule or StopRule())
+                          early_stop=early_stop_enabled(space), stop_rule=stop_rule or StopRule(),
+                          cost_scale=cost_scale(study))
     deadline = None if timeout is None else time.monotonic() + timeout
     duplicates_in_a_row = 0
     with quiet_optuna():

@@ -21,8 +21,8 @@ import optuna
 
 from autokd import __version__
 from autokd.errors import Problem, StudyError, hint
-from autokd.objective import OBJECTIVE_METRICS
-from autokd.space import Space, space_from_dict, space_hash, to_dict
+from autokd.objective import COST_SCALE, OBJECTIVE_METRICS
+from autokd.space import Space, legacy_space_hashes, space_from_dict, space_hash, to_dict
 
 
 STUDIES_DIR = Path("studies")
@@ -35,6 +35,11 @@ ATTR_HASH = "autokd.space_hash"
 
 
 ATTR_VERSION = "autokd.version"
+
+
+# How the study's cost objective values are told to Optuna (and so to its sampler): "log10" for studies made
+# since it was added, "linear" (absent) before -- see autokd.objective.objective_values.
+ATTR_COST_SCALE = "autokd.cost_scale"
 
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial without a heartbeat for 2 min is a dead worker's
@@ -122,7 +127,21 @@ def ensure_writable(folder: Path, where: str) -> None:
 
 
 def metric_names(space: Space) -> list[str]:
+    """The metric keys of the objectives: ``val_accuracy`` then the cost metrics (``bitops``, ``flops``, ...)."""
     return ["val_accuracy"] + [OBJECTIVE_METRICS[o] for o in space.search.objectives]
+
+
+def objective_names(space: Space, scale: str = COST_SCALE) -> list[str]:
+    """The names Optuna (and its dashboard) shows for the objective values: the metric keys, a cost told on the
+    log10 scale prefixed ``log10_``."""
+    first, *costs = metric_names(space)
+    return [first] + [f"log10_{c}" if scale == "log10" else c for c in costs]
+
+
+def cost_scale(study: optuna.Study) -> str:
+    """How ``study`` tells its cost objectives: ``"log10"``, or ``"linear"`` for a study made before the scale was
+    recorded (its values stay as they were: one study, one scale)."""
+    return str(study.user_attrs.get(ATTR_COST_SCALE, "linear"))
 
 
 def directions(space: Space) -> list[str]:
@@ -157,7 +176,10 @@ def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_cha
     if [d.name.lower() for d in study.directions] != directions(space):
         raise StudyError(Problem(f"study {name!r} in {url} optimizes {len(study.directions)} objectives, this space "
                                  f"{len(directions(space))}; use --study NEW_NAME", file="search.objectives"))
-    if old_hash != new_hash:
+    if old_hash != new_hash and old_hash in legacy_space_hashes(space):
+        if update:  # the same question, hashed before the sampler left the hash: store today's hash
+            study.set_user_attr(ATTR_HASH, new_hash)
+    elif old_hash != new_hash:
         if not allow_space_change:
             raise StudyError(Problem(
                 f"study {name!r} in {url} was created from a different space (hash {old_hash}, now {new_hash}); "
@@ -189,7 +211,8 @@ def create_or_load_study(space: Space, *, storage: str | None = None, study_name
                                         sampler=make_sampler(space))
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it first: use theirs
             return _checked_load(space, store, url, name, allow_space_change, update=True)
-        study.set_metric_names(metric_names(space))
+        study.set_metric_names(objective_names(space, COST_SCALE))
+        study.set_user_attr(ATTR_COST_SCALE, COST_SCALE)  # before the hash: a loader waits for the hash
         study.set_user_attr(ATTR_SPACE, to_dict(space))
         study.set_user_attr(ATTR_HASH, space_hash(space))
         study.set_user_attr(ATTR_VERSION, __version__)

@@ -17,8 +17,9 @@ from optuna.trial import TrialState, create_trial
 
 import autokd.study
 from autokd.data import load_dataset
-from autokd.early_stop import CurvePoint, Reference, Stopped, StopRule, add_point, curve_value, decide
-from autokd.objective import EarlyStopWatch, Objective, TrialInputs, run_config
+from autokd.early_stop import (CurvePoint, EarlyStopWatch, Reference, Stopped, StopRule, add_point, curve_value,
+                               decide)
+from autokd.objective import Objective, TrialInputs, planned_costs, run_config, told_cost
 from autokd.sampling import TrialConfig
 from autokd.space import early_stop_enabled, resolve, space_from_dict
 from autokd.study import create_or_load_study, run_search
@@ -164,9 +165,9 @@ def es_space(tiny: dict, **search) -> dict:
 
 
 def plant_front(study: optuna.Study, n: int = 6) -> None:
-    """``n`` COMPLETE trials that nothing can beat: 99.9% for 1 FLOP, with flat learning curves."""
+    """``n`` COMPLETE trials that nothing can beat: 99.9% for 1 FLOP (log10 1 = 0), with flat learning curves."""
     for _ in range(n):
-        study.add_trial(create_trial(values=[0.999, 1.0], params={}, distributions={},
+        study.add_trial(create_trial(values=[0.999, 0.0], params={}, distributions={},
                                      user_attrs={"metrics": {"val_accuracy": 0.999},
                                                  "learning_curve": flat(0.999, 2, 1)}))
 
@@ -245,7 +246,8 @@ def test_a_twin_of_a_completed_trial_is_never_stopped(tiny_space, tmp_path):
     objective = Objective(sp, TrialInputs(data, teacher), device="cpu", early_stop=True)
     kd = {"distill.kd": True}
     dist = {"distill.kd": CategoricalDistribution([True, False])}
-    study.add_trial(create_trial(values=[0.9, 5e4], params={"distill.kd": False}, distributions=dist))  # trial 6
+    study.add_trial(create_trial(values=[0.9, told_cost(5e4, "log10")], params={"distill.kd": False},
+                                 distributions=dist))  # trial 6
     study.enqueue_trial(kd)
     study.optimize(objective, n_trials=1)
     first = study.trials[-1]
@@ -259,6 +261,34 @@ def test_a_twin_of_a_completed_trial_is_never_stopped(tiny_space, tmp_path):
     study.optimize(objective, n_trials=1)
     assert study.trials[-1].state == TrialState.PRUNED and study.trials[-1].user_attrs["duplicate_of"] in (
         first.number, twin.number)
+
+
+@pytest.mark.parametrize("scale", ["log10", "linear"])
+def test_the_watch_compares_costs_on_the_scale_of_the_study(tiny_space, scale):
+    """The references' costs are the study's objective values, so the trial's planned costs must be told on the
+    same scale: a reference dearer than the trial (by 1.5x) stops nothing, one cheaper (by 1.5x) stops it."""
+    sp = space_from_dict(es_space(tiny_space))
+    data = load_dataset(sp.dataset)
+    cfg = TrialConfig(resolve(sp, {"model.width_mult": 0.25}), {"model.width_mult": 0.25})
+    flops = planned_costs(cfg, data)["flops"]
+    for factor, stops in ((1.5, False), (1 / 1.5, True)):
+        refs = [Reference(i, (told_cost(flops * factor, scale),), (0.999,), flat(0.999, 2, 1)) for i in range(6)]
+        objective = Objective(sp, TrialInputs(data, None), device="cpu", early_stop=True, cost_scale=scale)
+        watch = objective._watch(optuna.trial.FixedTrial({}), cfg, False)
+        assert watch.costs() == [pytest.approx(told_cost(flops, scale))]
+        watch.references, watch.may_stop = (lambda refs=refs: refs), True
+        point = CurvePoint(repeat=0, phase="train", epoch=2, epochs=2, val_accuracy=0.2)
+        if stops:
+            with pytest.raises(Stopped):
+                watch(point)
+        else:
+            watch(point)
+
+
+def test_the_objective_refuses_an_unknown_cost_scale(tiny_space):
+    sp = space_from_dict(es_space(tiny_space))
+    with pytest.raises(ValueError, match="log10, linear"):
+        Objective(sp, TrialInputs(load_dataset(sp.dataset), None), device="cpu", cost_scale="ln")
 
 
 def test_a_twin_only_a_stopped_trial_had_the_settings_of_is_queued():

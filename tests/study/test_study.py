@@ -3,6 +3,7 @@ failure budget, and a real kill -9 (slow)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sqlite3
@@ -17,10 +18,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from autokd.errors import StudyError
-from autokd.space import space_from_dict, space_hash
+from autokd.space import legacy_space_hashes, space_from_dict, space_hash, to_dict
 from autokd.study import (
+    ATTR_COST_SCALE,
     ATTR_HASH,
     ATTR_SPACE,
+    cost_scale,
     default_artifacts_dir,
     count_states,
     create_or_load_study,
@@ -77,7 +80,8 @@ def test_new_study_records_the_space(url, tiny_space):
     study = create_or_load_study(sp, storage=url)
     assert study.study_name == "tiny"
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert study.metric_names == ["val_accuracy", "flops"]
+    assert study.metric_names == ["val_accuracy", "log10_flops"]
+    assert study.user_attrs[ATTR_COST_SCALE] == "log10" and cost_scale(study) == "log10"
     assert study.user_attrs[ATTR_HASH] == space_hash(sp)
     assert space_from_dict(study.user_attrs[ATTR_SPACE]).model_dump() == sp.model_dump()
     loaded, loaded_space = load_study(storage=url, study_name="tiny")
@@ -89,7 +93,32 @@ def test_two_objectives_give_three_directions(url, tiny_space):
     tiny_space["search"]["objectives"] = ["flops", "params"]
     study = create_or_load_study(space_from_dict(tiny_space), storage=url)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
-    assert study.metric_names == ["val_accuracy", "flops", "params"]
+    assert study.metric_names == ["val_accuracy", "log10_flops", "log10_params"]
+
+
+def test_a_study_made_while_the_sampler_was_hashed_resumes_under_any_sampler(url, tiny_space):
+    # Such a study stored the hash of its question *and* its sampler (spaces/mobilenet.yaml: 530b394c7dec6492).
+    tpe = space_from_dict(tiny_space, overrides=["search.sampler=tpe"])
+    made = create_or_load_study(tpe, storage=url)
+    for legacy in sorted(legacy_space_hashes(tpe)):
+        made.set_user_attr(ATTR_HASH, legacy)
+        for sampler in ("gp", "tpe"):  # the new default, and the old one
+            made.set_user_attr(ATTR_HASH, legacy)
+            study = create_or_load_study(space_from_dict(tiny_space, overrides=[f"search.sampler={sampler}"]),
+                                         storage=url)
+            assert study._study_id == made._study_id
+            assert study.user_attrs[ATTR_HASH] == space_hash(tpe)  # migrated to today's hash, no history entry
+            assert "autokd.space_history" not in study.user_attrs
+    # another question behind an old hash is still another study
+    made.set_user_attr(ATTR_HASH, sorted(legacy_space_hashes(tpe))[0])
+    with pytest.raises(StudyError, match="different space"):
+        create_or_load_study(space_from_dict(tiny_space, overrides=["train.epochs=2"]), storage=url)
+
+
+def test_the_sampler_may_change_on_resume(url, tiny_space):
+    first = create_or_load_study(space_from_dict(tiny_space, overrides=["search.sampler=tpe"]), storage=url)
+    again = create_or_load_study(space_from_dict(tiny_space, overrides=["search.sampler=nsga2"]), storage=url)
+    assert again._study_id == first._study_id
 
 
 def test_same_space_loads_the_same_study_and_budget_may_change(url, tiny_space):
@@ -266,6 +295,24 @@ def test_resumed_study_does_not_repropose_the_first_params(url):
     again = run_search(space_from_dict(lr_space(), overrides=["search.n_trials=2"]), storage=url, device="cpu")
     assert again.ran_this_run == 0 and again.complete == 2
     assert [t.values for t in again.study.get_trials()] == [t.values for t in trials]
+
+
+@pytest.mark.filterwarnings("ignore:.*set_metric_names is experimental")
+def test_a_new_study_tells_log10_costs_and_one_made_before_keeps_telling_raw_ones(url):
+    sp = space_from_dict(lr_space())
+    new = run_search(sp, storage=url, device="cpu", study_name="new")
+    (t,) = new.study.get_trials()
+    assert t.values == [t.user_attrs["metrics"]["val_accuracy"], math.log10(t.user_attrs["metrics"]["flops"])]
+    # a study as autokd made them before the scale was recorded: raw costs, no autokd.cost_scale
+    old = optuna.create_study(study_name="old", storage=url, directions=["maximize", "minimize"])
+    old.set_metric_names(["val_accuracy", "flops"])
+    old.set_user_attr(ATTR_SPACE, to_dict(sp))
+    old.set_user_attr(ATTR_HASH, space_hash(sp))
+    resumed = run_search(sp, storage=url, device="cpu", study_name="old")
+    assert cost_scale(resumed.study) == "linear" and ATTR_COST_SCALE not in resumed.study.user_attrs
+    (t,) = resumed.study.get_trials()
+    assert t.values == [t.user_attrs["metrics"]["val_accuracy"], t.user_attrs["metrics"]["flops"]]
+    assert resumed.study.metric_names == ["val_accuracy", "flops"]
 
 
 def test_the_resume_check_would_catch_a_fixed_seed(url, monkeypatch):
