@@ -57,6 +57,11 @@ OBJECTIVE_METRICS = {"flops": "flops", "bitops": "bitops", "size": "size_bytes",
 COST_SCALE = "log10"
 COST_SCALES = ("log10", "linear")
 MODEL_ATTR = "model_artifact"  # trial user attribute: the artifact id of the trial's saved model
+# The training numerics of a trial (user attribute ``numerics``, on every trial): bumped when a change makes the same
+# configuration and seeds train a different model, even by float rounding only -- that diverges like another seed.
+# 1 (absent): before channels_last training and the mean global pool; 2: since. KD twins from different numerics
+# (a study resumed across such an upgrade) differ by more than KD, and the report says so (kd.warnings).
+NUMERICS, NUMERICS_ATTR = 2, "numerics"
 CALIBRATION_IMAGES = 256  # images whose gradients rank channels for Taylor pruning
 
 
@@ -355,6 +360,7 @@ class Objective:
             self.progress("trial.duplicate", number=trial.number, duplicate_of=twin, params=cfg.params)
             raise optuna.TrialPruned(f"duplicate of trial {twin}")
         trial.set_user_attr("settings", cfg.settings())
+        trial.set_user_attr(NUMERICS_ATTR, NUMERICS)
         self.progress("trial.start", number=trial.number, params=cfg.params)
         start = time.perf_counter()
         watch = self._watch(trial, cfg, protected) if self.early_stop else None

@@ -142,8 +142,9 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
                  teacher: Mapping[str, Any] | None, pair_numbers: Sequence[tuple[int, int]],
                  collinear: Sequence[str], refused: Sequence[Mapping[str, Any]] = (), unusable: int = 0,
                  metric: str = "val_accuracy", teacher_keys: Sequence[str] = (),
-                 repeats_note: str | None = None) -> list[str]:
-    """The caveats a reader must see next to the numbers."""
+                 repeats_note: str | None = None, mixed_numerics: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """The caveats a reader must see next to the numbers. ``mixed_numerics``: pairs (KD on, KD off) whose two
+    trials were trained by different training numerics (``numerics``, see :data:`autokd.objective.NUMERICS`)."""
     out = []
     if refused:
         out.append(f"{_plural(len(refused), 'linked pair')} refused: the two trials differ beyond distill.kd "
@@ -158,6 +159,11 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
     if len(set(teacher_keys)) > 1:
         out.append(f"KD trials distilled from {len(set(teacher_keys))} different teachers "
                    f"({', '.join(sorted(set(teacher_keys)))}): the pairs do not share one teacher.")
+    if mixed_numerics:
+        which = ", ".join(f"{a}/{b}" for a, b in mixed_numerics)
+        out.append(f"{_plural(len(mixed_numerics), 'pair')} had their two trials trained by different versions of "
+                   f"autokd's training numerics (trials KD on/off {which}; a study resumed across an upgrade): "
+                   "their gain also holds that change, which acts like a different seed, not KD alone.")
     if lost:
         out.append(f"{_plural(len(lost), 'pair')} lost (a twin failed or did not match): see kd.lost_pairs; the "
                    "statistics use the complete pairs only.")

@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from autokd.early_stop import STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR
+from autokd.objective import NUMERICS_ATTR
 from autokd.space import Space
 from autokd.study.storage import ATTR_TEACHER, metric_names
 from autokd.study.twins import kd_searched
@@ -32,6 +33,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "stopped_epoch": t.user_attrs.get(STOPPED_EPOCH_ATTR),
             "teacher": t.user_attrs.get("teacher"),
             "teacher_hash": t.user_attrs.get("teacher_hash"),
+            "numerics": t.user_attrs.get(NUMERICS_ATTR, 1),  # absent: trained before the attribute existed
         })
     return records
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from autokd.objective import NUMERICS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,6 +71,7 @@ def test_search_stores_two_complete_trials_with_settings_and_metrics(searched):
         assert 0.0 <= m["val_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy"] <= 1.0
         assert 1e4 < m["flops"] < 1e8 and 1e3 < m["params"] < 1e7
         assert t.values == [m["val_accuracy"], math.log10(m["flops"])]  # a new study tells log10 costs
+        assert t.user_attrs["numerics"] == NUMERICS
         s = t.user_attrs["settings"]
         assert s["model"]["width_mult"] == t.params["model.width_mult"]
         assert s["distill"]["kd"] == t.params["distill.kd"]

@@ -291,6 +291,15 @@ def test_teacher_much_worse_on_its_views_is_a_warning(constant):
     assert kd_analysis(constant)["warnings"] == []
 
 
+def test_pairs_trained_by_different_numerics_are_named_in_a_warning(constant):
+    # a study resumed across an upgrade: trial 2 (the KD-off side of pair 3/2) has numerics 1, the rest 2
+    mixed = [dict(t, numerics=1 if t["number"] == 2 else 2) for t in constant]
+    (warning,) = [w for w in kd_analysis(mixed)["warnings"] if "numerics" in w]
+    assert warning.startswith("1 pair had") and "trials KD on/off 3/2" in warning
+    assert not [w for w in kd_analysis([dict(t, numerics=2) for t in constant])["warnings"] if "numerics" in w]
+    assert not [w for w in kd_analysis(constant)["warnings"] if "numerics" in w]  # none recorded: all 1
+
+
 def test_relative_error_reduction_is_pooled_over_pairs():
     accs = [(0.90, 0.85), (0.80, 0.80), (0.95, 0.90), (1.00, 0.96)]  # (KD on, KD off)
     trials = []
