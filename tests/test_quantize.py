@@ -297,3 +297,25 @@ def test_cpu_fake_quant_equals_torchs_op_values_and_gradients(layout):
         got.backward(grad)
         assert torch.equal(want, got)  # NaN included: the op maps it to qmin
         assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("zero_point", [0, 5, 15])
+def test_cpu_fake_quant_gradient_edges_equal_torchs_op(zero_point):
+    """The CPU fake quantization's backward reads the unclamped integer q (no bool mask): the gradient passes at
+    exactly q = qmin and q = qmax and stops one step outside, as torch's op does; values agree there too."""
+    from autokd.compress.quantize import fake_quantize_per_tensor
+
+    scale, zp = torch.tensor(0.25), torch.tensor(zero_point, dtype=torch.int32)
+    # every integer q from qmin - 3 to qmax + 3, each at its centre and just inside both rounding edges
+    q = torch.arange(-3 - zero_point, 19 - zero_point).float()
+    x = torch.cat([q, q - 0.49, q + 0.49]) * scale
+    x = torch.cat([x, -x, torch.tensor([1e30, -1e30, 0.0, -0.0])]).reshape(1, -1, 1, 1)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want = torch.fake_quantize_per_tensor_affine(a, scale, zp, 0, 15)
+    got = fake_quantize_per_tensor(b, scale, zp, 0, 15)
+    grad = torch.linspace(-2, 3, x.numel()).reshape(x.shape)
+    want.backward(grad)
+    got.backward(grad)
+    assert torch.equal(want, got) and torch.equal(torch.signbit(want), torch.signbit(got))
+    assert torch.equal(a.grad, b.grad)
+    assert 0 < int((b.grad != 0).sum()) < x.numel()  # both sides of the range were reached
