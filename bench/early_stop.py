@@ -337,7 +337,7 @@ def main() -> None:
     seeds = list(range(args.seeds))
     start = time.perf_counter()
     print(f"spaces/mobilenet.yaml, distill.kd false, {args.epochs}+{args.finetune_epochs} epochs per trial, "
-          f"TPE, budget {args.trials} trials = {args.trials * (args.epochs + args.finetune_epochs)} epochs; {rule}")
+          f"sampler {args.sampler}, budget {args.trials} trials = {args.trials * (args.epochs + args.finetune_epochs)} epochs; {rule}")
     folder = args.analyze or args.keep or Path(tempfile.mkdtemp(prefix="autokd-early-stop-"))
     try:
         if args.analyze is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
+from autokd.early_stop import STOPPED_REASON_ATTR
 from autokd.errors import Problem, StudyError
 from autokd.space import Space
 from autokd.study.storage import quiet_optuna
@@ -21,6 +25,42 @@ def derive_seed(seed: int, n_existing: int, worker_index: int = 0) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+class _StoppedAsPending:
+    """A view of a study in which the trials early stopping stopped (PRUNED, with a ``stopped_reason``) are RUNNING.
+
+    Optuna's GPSampler models COMPLETE trials and takes RUNNING ones as pending points (next to no expected
+    improvement at them); it never reads PRUNED trials. A stopped trial was left out of its model, so it proposed
+    that configuration again and again (pruned each time as a duplicate, and after 50 in a row the run ended:
+    found by bench/early_stop.py). Shown as pending, a stopped configuration is one the sampler need not propose.
+    Everything else is the study itself. GPSampler reads trials through the private ``Study._get_trials``, which
+    is therefore the one method overridden (tests/study/test_sampler.py fails if it stops working)."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if states is None or TrialState.RUNNING not in states:
+            return trials
+        stopped = []
+        for t in self._study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=use_cache):
+            if STOPPED_REASON_ATTR in t.user_attrs:
+                pending = copy.copy(t)
+                pending.state = TrialState.RUNNING
+                stopped.append(pending)
+        return trials + stopped
+
+
+class _GPSampler(optuna.samplers.GPSampler):
+    """Optuna's GPSampler, which also sees the trials early stopping stopped (as pending: :class:`_StoppedAsPending`)."""
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return super().sample_relative(_StoppedAsPending(study), trial, search_space)  # type: ignore[arg-type]
+
+
 def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed.
 
@@ -28,7 +68,9 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
     improvement for two or more objectives), random for its first ``search.startup_trials`` COMPLETE trials. With
     other workers' trials RUNNING it needs no liar: it conditions on them itself (q-batch logEHVI with the running
     trials' params as pending points), so a proposal equal to a running trial has next to no expected improvement;
-    one that still repeats a COMPLETE or RUNNING trial is pruned by the objective (``duplicate_of``). Its objective
+    one that still repeats a COMPLETE or RUNNING trial is pruned by the objective (``duplicate_of``). Trials early
+    stopping stopped are pending points too (:class:`_StoppedAsPending`): Optuna's GP never reads PRUNED trials
+    and would propose a stopped configuration again and again. Its objective
     is taken as noisy (``deterministic_objective=False``): training is. It models the values it is told, not their
     ranks, which is why studies tell it log10 costs (:data:`autokd.objective.COST_SCALE`): on the default space it
     then reached random search's 100-trial hypervolume in 34 trials, TPE in 61 (``bench/samplers.py``); told raw
@@ -46,5 +88,5 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if s.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
+            return _GPSampler(seed=seed, n_startup_trials=s.startup_trials)
     raise StudyError(Problem(f"unknown sampler {s.sampler!r} (valid: tpe, nsga2, random, gp)", "search.sampler"))

@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from autokd.errors import StudyError
 from autokd.sampling import sample
 from autokd.space import dimensions, space_from_dict
-from autokd.study.sampler import make_sampler
+from autokd.study.sampler import derive_seed, make_sampler
 
 GRID = {"model.width_mult": [0.25, 0.5, 1.0], "model.kernel_size": [3, 5], "model.expand_ratio": [2, 4, 6],
         "compress.prune_ratio": [0.0, 0.25, 0.5], "compress.bits": [32, 8, 4, 2]}
@@ -87,6 +87,35 @@ def test_gp_does_not_repropose_a_running_trial(tiny_space):
     alone = proposal(None)
     assert proposal(None) == alone  # same history, same seed: the same proposal
     assert proposal(alone) != alone
+
+
+@pytest.mark.parametrize("builder", ["autokd", "optuna"])
+def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builder):
+    """A stopped trial is PRUNED, which Optuna's GPSampler never reads: it proposed that configuration again and
+    again (each pruned as a duplicate; 50 in a row end the run). autokd's GP sees stopped trials as pending. The
+    ``optuna`` case shows that the plain sampler does repeat itself, so the check can fail."""
+    space = gp_space(tiny_space)
+    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
+    sampler = make_sampler(space) if builder == "autokd" else optuna.samplers.GPSampler(
+        seed=derive_seed(space.search.seed, 0), n_startup_trials=space.search.startup_trials)  # as autokd seeds it
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    history = [dict(zip(GRID, values)) for values in
+               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
+                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
+    for p in history:
+        study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+    stopped = []
+    for _ in range(4):  # every proposal is stopped by early stopping
+        trial = study.ask()
+        params = sample(space, trial).params
+        stopped.append(params)
+        trial.set_user_attr("stopped_reason", "stopped early (test)")
+        study.tell(trial, state=TrialState.PRUNED)
+    repeats = sum(stopped[i] in stopped[:i] for i in range(len(stopped)))
+    if builder == "autokd":
+        assert repeats == 0, stopped
+    else:
+        assert repeats > 0, stopped
 
 
 def test_an_unknown_sampler_names_the_valid_ones(tiny_space):
