@@ -131,3 +131,30 @@ def test_make_divisible(value, divisor, expected):
     got = make_divisible(value, divisor)
     assert got == expected
     assert got % divisor == 0 and got >= 0.9 * value
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_relu6_trains_exactly_as_torchs_in_place_relu6(layout):
+    """autokd's ReLU6 (in place, backward from the output) computes torch's relu6_ bitwise: values, the input
+    gradient and the gradients of the layer before it, edges 0 and 6, NaN and infinities included; outside autograd
+    it is the library op, and it is an nn.ReLU6."""
+    from autokd.models.layers import ReLU6
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 6, 5, 5, generator=gen) * 5
+    x.view(-1)[:6] = torch.tensor([0.0, -0.0, 6.0, float("nan"), float("inf"), -float("inf")])
+    x = x.contiguous(memory_format=layout)
+    grad = torch.randn(x.shape, generator=gen)
+    outs = []
+    for act in (nn.ReLU6(inplace=True), ReLU6()):
+        scale = torch.ones(6, 1, 1, requires_grad=True)
+        leaf = x.clone().requires_grad_(True)
+        y = act(leaf * scale)
+        y.backward(grad)
+        outs.append((y.detach(), leaf.grad, scale.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(torch.signbit(a), torch.signbit(b))
+    assert isinstance(ReLU6(), nn.ReLU6) and repr(ReLU6()) == repr(nn.ReLU6(inplace=True))
+    with torch.no_grad():
+        assert torch.equal(ReLU6()(x.clone()).nan_to_num(), torch.nn.functional.relu6(x).nan_to_num())

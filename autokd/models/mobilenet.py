@@ -12,7 +12,7 @@ import math
 
 from torch import nn
 
-from autokd.models.layers import GlobalAvgPool
+from autokd.models.layers import GlobalAvgPool, ReLU6
 from autokd.models.registry import register_family
 
 # (expand ratio, channels, blocks, stride) per stage; expand ratio 1 stays 1, others take `expand_ratio`.
@@ -38,7 +38,7 @@ def make_divisible(value: float, divisor: int) -> int:
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(ReLU6())
     return nn.Sequential(*layers)
 
 
