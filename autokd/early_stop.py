@@ -57,6 +57,9 @@ STOPPED_REASON_ATTR = "stopped_reason"
 STOPPED_EPOCH_ATTR = "stopped_epoch"
 STOPPED_AT_ATTR = "stopped_at"
 STOPPED_BY_ATTR = "stopped_by"
+# [accuracy, cost objectives...] a stopped trial is told to the GP sampler as (autokd.study.sampler): the final
+# accuracy of the trial that stopped it (it was bound to end no higher) at its own costs, on the study's scale
+STOPPED_VALUES_ATTR = "stopped_values"
 
 Curve = list  # per repeat: {phase: [val accuracy after epoch 1, 2, ...]} (plain JSON, a trial user attribute)
 
@@ -227,6 +230,11 @@ class EarlyStopWatch:
         self.curve: list = []
         self.epochs = 0
         self._costs: list[float] | None = None
+
+    @property
+    def told_costs(self) -> list[float] | None:
+        """The trial's cost objectives as ``costs()`` gave them, once a decision needed them (else None)."""
+        return self._costs
 
     def __call__(self, point: CurvePoint) -> None:
         add_point(self.curve, point)

@@ -38,7 +38,7 @@ from autokd import worker
 from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.early_stop import (CURVE_ATTR, STOPPED_AT_ATTR, STOPPED_BY_ATTR, STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR,
-                               CurvePoint, EarlyStopWatch, EpochWatch, Reference, Stopped, StopRule)
+                               STOPPED_VALUES_ATTR, CurvePoint, EarlyStopWatch, EpochWatch, Reference, Stopped, StopRule)
 from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.models.saved import architecture, model_bytes
@@ -410,6 +410,8 @@ class Objective:
         trial.set_user_attr(STOPPED_AT_ATTR, {"repeat": d.point.repeat, "phase": d.point.phase,
                                               "epoch": d.point.epoch, "epochs": d.point.epochs})
         trial.set_user_attr(STOPPED_BY_ATTR, d.by)
+        if watch.told_costs is not None:
+            trial.set_user_attr(STOPPED_VALUES_ATTR, [d.by_final] + list(watch.told_costs))
         trial.set_user_attr("seconds", round(seconds, 3))
         self.progress("trial.stopped", number=trial.number, reason=d.reason, epochs=stop.epochs_trained,
                       phase=d.point.phase, epoch=d.point.epoch, phase_epochs=d.point.epochs,

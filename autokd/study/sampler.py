@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autokd.early_stop import STOPPED_REASON_ATTR
+from autokd.early_stop import STOPPED_REASON_ATTR, STOPPED_VALUES_ATTR
 from autokd.errors import Problem, StudyError
 from autokd.space import Space
 from autokd.study.storage import quiet_optuna
@@ -25,15 +25,17 @@ def derive_seed(seed: int, n_existing: int, worker_index: int = 0) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-class _StoppedAsPending:
-    """A view of a study in which the trials early stopping stopped (PRUNED, with a ``stopped_reason``) are RUNNING.
+class _StudyWithStopped:
+    """A view of a study in which the trials early stopping stopped (PRUNED, with a ``stopped_reason``) take part.
 
-    Optuna's GPSampler models COMPLETE trials and takes RUNNING ones as pending points (next to no expected
-    improvement at them); it never reads PRUNED trials. A stopped trial was left out of its model, so it proposed
-    that configuration again and again (pruned each time as a duplicate, and after 50 in a row the run ended:
-    found by bench/early_stop.py). Shown as pending, a stopped configuration is one the sampler need not propose.
-    Everything else is the study itself. GPSampler reads trials through the private ``Study._get_trials``, which
-    is therefore the one method overridden (tests/study/test_sampler.py fails if it stops working)."""
+    Optuna's GPSampler models COMPLETE trials and takes RUNNING ones as pending points; it never reads PRUNED
+    trials. A stopped trial was left out of its model, so it proposed that configuration again and again (pruned
+    each time as a duplicate, and after 50 in a row the run ended: found by bench/early_stop.py). In this view a
+    stopped trial is COMPLETE with its ``stopped_values``: the final accuracy of the cheaper trial that stopped it
+    (early stopping judged it would end no higher) at its own costs. One stopped before those were recorded is a
+    pending (RUNNING) point: not proposed again, but no information. Everything else is the study itself.
+    GPSampler reads trials through the private ``Study._get_trials``, which is therefore the one method overridden
+    (tests/study/test_sampler.py fails if it stops working)."""
 
     def __init__(self, study: optuna.Study):
         self._study = study
@@ -43,22 +45,29 @@ class _StoppedAsPending:
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        if states is None or TrialState.RUNNING not in states:
+        if states is None or TrialState.PRUNED in states:
             return trials
-        stopped = []
+        n_values = len(self._study.directions)
+        extra = []
         for t in self._study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=use_cache):
-            if STOPPED_REASON_ATTR in t.user_attrs:
-                pending = copy.copy(t)
-                pending.state = TrialState.RUNNING
-                stopped.append(pending)
-        return trials + stopped
+            if STOPPED_REASON_ATTR not in t.user_attrs:
+                continue
+            values = t.user_attrs.get(STOPPED_VALUES_ATTR)
+            state = TrialState.COMPLETE if isinstance(values, list) and len(values) == n_values else \
+                TrialState.RUNNING
+            if state in states:
+                shown = copy.copy(t)
+                shown.state = state
+                shown.values = values if state == TrialState.COMPLETE else None
+                extra.append(shown)
+        return trials + extra
 
 
 class _GPSampler(optuna.samplers.GPSampler):
-    """Optuna's GPSampler, which also sees the trials early stopping stopped (as pending: :class:`_StoppedAsPending`)."""
+    """Optuna's GPSampler, which also sees the trials early stopping stopped (:class:`_StudyWithStopped`)."""
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return super().sample_relative(_StoppedAsPending(study), trial, search_space)  # type: ignore[arg-type]
+        return super().sample_relative(_StudyWithStopped(study), trial, search_space)  # type: ignore[arg-type]
 
 
 def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -69,8 +78,8 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
     other workers' trials RUNNING it needs no liar: it conditions on them itself (q-batch logEHVI with the running
     trials' params as pending points), so a proposal equal to a running trial has next to no expected improvement;
     one that still repeats a COMPLETE or RUNNING trial is pruned by the objective (``duplicate_of``). Trials early
-    stopping stopped are pending points too (:class:`_StoppedAsPending`): Optuna's GP never reads PRUNED trials
-    and would propose a stopped configuration again and again. Its objective
+    stopping stopped are shown to it too (:class:`_StudyWithStopped`): Optuna's GP never reads PRUNED trials and
+    would propose a stopped configuration again and again. Its objective
     is taken as noisy (``deterministic_objective=False``): training is. It models the values it is told, not their
     ranks, which is why studies tell it log10 costs (:data:`autokd.objective.COST_SCALE`): on the default space it
     then reached random search's 100-trial hypervolume in 34 trials, TPE in 61 (``bench/samplers.py``); told raw

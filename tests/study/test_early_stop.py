@@ -202,6 +202,9 @@ def test_a_search_stops_dominated_trials_which_do_not_count_and_resumes(cli, spa
         assert t.user_attrs["stopped_at"] == {"repeat": 0, "phase": "train", "epoch": 2, "epochs": 2}
         assert t.user_attrs["stopped_by"] in range(6)
         assert "stood at 99.9% there and ended at 99.9%" in t.user_attrs["stopped_reason"]
+        # what the GP sampler is told: the stopping trial's final accuracy at this trial's own log10 FLOPs
+        by_final, cost = t.user_attrs["stopped_values"]
+        assert by_final == 0.999 and 4 < cost < 8
         assert len(t.user_attrs["learning_curve"][0]["train"]) == 2 and "metrics" not in t.user_attrs
     # a stopped configuration proposed again is not run again
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]

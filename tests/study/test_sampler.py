@@ -89,11 +89,12 @@ def test_gp_does_not_repropose_a_running_trial(tiny_space):
     assert proposal(alone) != alone
 
 
-@pytest.mark.parametrize("builder", ["autokd", "optuna"])
-def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builder):
+@pytest.mark.parametrize("builder, recorded", [("autokd", True), ("autokd", False), ("optuna", True)])
+def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builder, recorded):
     """A stopped trial is PRUNED, which Optuna's GPSampler never reads: it proposed that configuration again and
-    again (each pruned as a duplicate; 50 in a row end the run). autokd's GP sees stopped trials as pending. The
-    ``optuna`` case shows that the plain sampler does repeat itself, so the check can fail."""
+    again (each pruned as a duplicate; 50 in a row end the run). autokd's GP sees a stopped trial as COMPLETE with
+    its ``stopped_values`` (``recorded``), or else as pending. The ``optuna`` case shows that the plain sampler
+    does repeat itself, so the check can fail."""
     space = gp_space(tiny_space)
     dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
     sampler = make_sampler(space) if builder == "autokd" else optuna.samplers.GPSampler(
@@ -110,12 +111,37 @@ def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builde
         params = sample(space, trial).params
         stopped.append(params)
         trial.set_user_attr("stopped_reason", "stopped early (test)")
+        if recorded:  # the cheaper trial that stopped it ended at 0.9: it would end no higher
+            trial.set_user_attr("stopped_values", [0.9, fake_values(params)[1]])
         study.tell(trial, state=TrialState.PRUNED)
     repeats = sum(stopped[i] in stopped[:i] for i in range(len(stopped)))
     if builder == "autokd":
         assert repeats == 0, stopped
     else:
         assert repeats > 0, stopped
+
+
+def test_the_gp_view_shows_stopped_trials_complete_with_their_values_or_pending():
+    from autokd.study.sampler import _StudyWithStopped
+
+    dist = {"x": CategoricalDistribution([1, 2, 3])}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(params={"x": 1}, distributions=dist, values=[0.9, 1.0]))
+    study.add_trial(create_trial(params={"x": 2}, distributions=dist, state=TrialState.PRUNED,
+                                 user_attrs={"stopped_reason": "r", "stopped_values": [0.8, 2.0]}))
+    study.add_trial(create_trial(params={"x": 3}, distributions=dist, state=TrialState.PRUNED,
+                                 user_attrs={"stopped_reason": "r"}))  # stopped before values were recorded
+    study.add_trial(create_trial(params={"x": 1}, distributions=dist, state=TrialState.PRUNED,
+                                 user_attrs={"duplicate_of": 0}))  # a duplicate: not shown
+    view = _StudyWithStopped(study)
+    complete = view._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [(t.number, t.values) for t in complete] == [(0, [0.9, 1.0]), (1, [0.8, 2.0])]
+    both = view._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    assert [(t.number, t.state) for t in both] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE),
+                                                   (2, TrialState.RUNNING)]
+    assert len(view._get_trials(deepcopy=False, states=(TrialState.PRUNED,))) == 3  # asked for PRUNED: as they are
+    assert study.trials[1].state == TrialState.PRUNED  # the study itself is untouched
+    assert view.directions == study.directions
 
 
 def test_an_unknown_sampler_names_the_valid_ones(tiny_space):
