@@ -48,6 +48,7 @@ epochs}``) and ``stopped_by`` (the number of the completed trial it could not be
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,8 @@ STOPPED_EPOCH_ATTR = "stopped_epoch"
 STOPPED_AT_ATTR = "stopped_at"
 STOPPED_BY_ATTR = "stopped_by"
 # [accuracy, cost objectives...] a stopped trial is told to the GP sampler as (autokd.study.sampler): the final
-# accuracy of the trial that stopped it (it was bound to end no higher) at its own costs, on the study's scale
+# accuracy of the trial that stopped it (mean over repeats; it was bound to end no higher) at its own costs, on
+# the study's scale
 STOPPED_VALUES_ATTR = "stopped_values"
 
 Curve = list  # per repeat: {phase: [val accuracy after epoch 1, 2, ...]} (plain JSON, a trial user attribute)
@@ -158,6 +160,7 @@ class Decision:
     by_final: float
     peers: int
     by_at: float | None = None  # rung: ``by``'s accuracy at the same point
+    by_mean: float | None = None  # ``by``'s final accuracy, mean over its repeats (what it told the sampler)
 
     @property
     def reason(self) -> str:
@@ -205,14 +208,15 @@ def decide(point: CurvePoint, costs: Sequence[float], references: Sequence[Refer
         best = max(ahead, key=lambda rv: (rv[2], -rv[0].number), default=None)
         if best is None or best[2] < a + rule.margin:
             return None
-        return Decision(point, a + rule.margin, best[0].number, best[0].final(point.repeat), len(peers), best[1])
+        return Decision(point, a + rule.margin, best[0].number, best[0].final(point.repeat), len(peers), best[1],
+                        by_mean=statistics.fmean(best[0].finals))
     near = [r.final(point.repeat) - v for r, v in peers if abs(v - a) <= rule.width]
     gains = near or [r.final(point.repeat) - v for r, v in peers]
     bound = a + max(0.0, max(gains)) + rule.margin
     by = max(cheaper, key=lambda r: (r.final(point.repeat), -r.number))
     if by.final(point.repeat) < bound:
         return None
-    return Decision(point, bound, by.number, by.final(point.repeat), len(peers))
+    return Decision(point, bound, by.number, by.final(point.repeat), len(peers), by_mean=statistics.fmean(by.finals))
 
 
 class EarlyStopWatch:

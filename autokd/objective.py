@@ -59,8 +59,9 @@ COST_SCALES = ("log10", "linear")
 MODEL_ATTR = "model_artifact"  # trial user attribute: the artifact id of the trial's saved model
 # The training numerics of a trial (user attribute ``numerics``, on every trial): bumped when a change makes the same
 # configuration and seeds train a different model, even by float rounding only -- that diverges like another seed.
-# 1 (absent): before channels_last training and the mean global pool; 2: since. KD twins from different numerics
-# (a study resumed across such an upgrade) differ by more than KD, and the report says so (kd.warnings).
+# 1: before channels_last training and the mean global pool; 2: since. The attribute came later than 2 did, so a
+# trial without it is 1 or 2 (unknown). KD twins from different numerics (a study resumed across such an upgrade)
+# differ by more than KD, and the report says so, or that it cannot tell (kd.warnings).
 NUMERICS, NUMERICS_ATTR = 2, "numerics"
 CALIBRATION_IMAGES = 256  # images whose gradients rank channels for Taylor pruning
 
@@ -411,7 +412,8 @@ class Objective:
                                               "epoch": d.point.epoch, "epochs": d.point.epochs})
         trial.set_user_attr(STOPPED_BY_ATTR, d.by)
         if watch.told_costs is not None:
-            trial.set_user_attr(STOPPED_VALUES_ATTR, [d.by_final] + list(watch.told_costs))
+            told = d.by_mean if d.by_mean is not None else d.by_final  # as ``by`` told Optuna: its mean
+            trial.set_user_attr(STOPPED_VALUES_ATTR, [told] + list(watch.told_costs))
         trial.set_user_attr("seconds", round(seconds, 3))
         self.progress("trial.stopped", number=trial.number, reason=d.reason, epochs=stop.epochs_trained,
                       phase=d.point.phase, epoch=d.point.epoch, phase_epochs=d.point.epochs,

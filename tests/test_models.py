@@ -158,3 +158,12 @@ def test_relu6_trains_exactly_as_torchs_in_place_relu6(layout):
     assert isinstance(ReLU6(), nn.ReLU6) and repr(ReLU6()) == repr(nn.ReLU6(inplace=True))
     with torch.no_grad():
         assert torch.equal(ReLU6()(x.clone()).nan_to_num(), torch.nn.functional.relu6(x).nan_to_num())
+
+
+def test_a_mobilenet_with_autokds_relu6_can_be_scripted():
+    # TorchScript compiles every branch its forward shares a condition with; the training path must stay out of it
+    from autokd.space import ModelSpec
+
+    model = build_student(ModelSpec(family="mobilenetv2", width_mult=0.25), num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(torch.jit.script(model)(x), model(x))

@@ -101,7 +101,8 @@ def export(
     done = []
     for t in chosen:
         tm = load(st, t, artifacts=artifacts)
-        e = export_one(tm, format_, paths[t.number], study=st.study_name, data=data, runs=runs, threads=threads)
+        e = export_one(tm, format_, paths[t.number], study=st.study_name, data=data, runs=runs, threads=threads,
+                       value_names=st.metric_names)
         done.append(e)
         console.print(_line(e.sidecar, e.file), soft_wrap=True, highlight=False)
     if json_:

@@ -108,11 +108,12 @@ def _settings(tm: TrialModel) -> dict[str, Any]:
 
 
 def export_one(tm: TrialModel, fmt: str, path: Path, *, study: str, data: Any, runs: int = 100, threads: int = 1,
-               progress: ProgressCallback = silent) -> Exported:
+               progress: ProgressCallback = silent, value_names: list[str] | None = None) -> Exported:
     """Write trial ``tm``'s model as ``fmt`` to ``path`` with its sidecar, check it, and return what was done.
 
     ``data`` are the space's splits (:func:`autokd.data.load_dataset`): the test split is what agreement is
-    measured on; the reference is the PyTorch trial model itself (its eval forward)."""
+    measured on; the reference is the PyTorch trial model itself (its eval forward). ``value_names``: the study's
+    names of the objective values (``Study.metric_names``: ``log10_bitops`` for costs told on the log10 scale)."""
     model = tm.model
     settings = _settings(tm)
     try:
@@ -142,7 +143,8 @@ def export_one(tm: TrialModel, fmt: str, path: Path, *, study: str, data: Any, r
         raise AutokdError(Problem(f"trial {tm.number}: {exc}", file="--format")) from None
     side = sidecar.build(fmt=fmt, file=path.name, study=study, trial=tm.trial, settings=settings, arch=arch,
                          plans=plans, input_shape=tuple(test_x.shape[1:]),
-                         preprocessing=data.preprocessing() if hasattr(data, "preprocessing") else None, extra=extra)
+                         preprocessing=data.preprocessing() if hasattr(data, "preprocessing") else None, extra=extra,
+                         value_names=value_names)
     if fmt == "torchscript":
         blob = formats.torchscript_bytes(module, example, extra={"autokd.json": sidecar.dumps(side)})
     side_path = sidecar_path(path)

@@ -48,9 +48,10 @@ def metrics_of(trial_attrs: dict[str, Any]) -> dict[str, Any]:
 
 def build(*, fmt: str, file: str, study: str, trial: Any, settings: dict[str, Any], arch: dict[str, Any],
           plans: list[LayerPlan], input_shape: tuple[int, ...], preprocessing: dict[str, Any] | None = None,
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, value_names: list[str] | None = None) -> dict[str, Any]:
     """The sidecar of one export, before its check (see :func:`with_check`). ``preprocessing``: the data's
-    :meth:`autokd.data.Splits.preprocessing` (``None``: unknown)."""
+    :meth:`autokd.data.Splits.preprocessing` (``None``: unknown). ``value_names`` name ``values`` (the study's
+    ``metric_names``: a cost told on the log10 scale is ``log10_<metric>``; ``metrics`` keep raw counts)."""
     simulated = is_simulated(plans)
     return {
         "autokd_sidecar": SIDECAR_VERSION,
@@ -60,6 +61,7 @@ def build(*, fmt: str, file: str, study: str, trial: Any, settings: dict[str, An
         "trial": trial.number,
         "params": dict(trial.params),
         "values": list(trial.values) if trial.values is not None else None,
+        "value_names": list(value_names) if value_names else None,
         **metrics_of(trial.user_attrs),
         "settings": settings,
         "architecture": arch,

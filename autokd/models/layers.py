@@ -42,15 +42,21 @@ class ReLU6(nn.ReLU6):
     Why: autograd's in-place ``relu6_`` first copies its input (``hardtanh_``'s backward reads the input), a whole
     extra pass and allocation per activation, at every training step. :class:`_ReLU6InPlace` clamps in place and
     keeps the output instead: the same values and the same gradient, bitwise (``tests/test_models.py``). It is used
-    only where autograd records (a non-leaf input with ``requires_grad``); evaluation, tracing and export run the
-    library op.
+    only where autograd records (a non-leaf input with ``requires_grad``); evaluation, tracing, scripting and export
+    run the library op.
     """
 
     def __init__(self) -> None:
         super().__init__(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # first and alone: TorchScript compiles every branch of a condition it shares
+            return F.relu6(x, inplace=self.inplace)
+        return self._train_forward(x)
+
+    @torch.jit.unused
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.requires_grad and torch.is_grad_enabled() and not x.is_leaf and x._base is None
-                and not torch.jit.is_scripting() and not torch.jit.is_tracing()):
+                and not torch.jit.is_tracing()):
             return _ReLU6InPlace.apply(x)
         return F.relu6(x, inplace=self.inplace)

@@ -122,12 +122,15 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     kd_on = [p.on for p in pairs if p.on.get("teacher")]
     field = "teacher_hash" if kd_on and all(t.get("teacher_hash") for t in kd_on) else "teacher"
     teacher_keys = [str(t[field]) for t in kd_on]
-    # twins trained by different training numerics (a study resumed across an upgrade; absent = 1)
-    mixed = [p.numbers for p in kept if (p.on.get("numerics") or 1) != (p.off.get("numerics") or 1)]
+    # twins trained by different training numerics (a study resumed across an upgrade), or where one side's is
+    # unknown (trained before autokd recorded it) and the other's known
+    sides = [(p.numbers, p.on.get("numerics"), p.off.get("numerics")) for p in kept]
+    mixed = [n for n, a, b in sides if a is not None and b is not None and a != b]
+    unsure = [n for n, a, b in sides if (a is None) != (b is None)]
     warnings = warnings_for(summary=gain[primary], lost=lost, teacher=teacher, pair_numbers=numbers,
                             collinear=ortho.get("collinear") or [], refused=refused,
                             unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
-                            repeats_note=repeats_note, mixed_numerics=mixed)
+                            repeats_note=repeats_note, mixed_numerics=mixed, unsure_numerics=unsure)
     survival = survival_conditioning(trials)
     if survival is not None:
         warnings.append(survival["note"])

@@ -142,9 +142,11 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
                  teacher: Mapping[str, Any] | None, pair_numbers: Sequence[tuple[int, int]],
                  collinear: Sequence[str], refused: Sequence[Mapping[str, Any]] = (), unusable: int = 0,
                  metric: str = "val_accuracy", teacher_keys: Sequence[str] = (),
-                 repeats_note: str | None = None, mixed_numerics: Sequence[tuple[int, int]] = ()) -> list[str]:
+                 repeats_note: str | None = None, mixed_numerics: Sequence[tuple[int, int]] = (),
+                 unsure_numerics: Sequence[tuple[int, int]] = ()) -> list[str]:
     """The caveats a reader must see next to the numbers. ``mixed_numerics``: pairs (KD on, KD off) whose two
-    trials were trained by different training numerics (``numerics``, see :data:`autokd.objective.NUMERICS`)."""
+    trials were trained by different training numerics (``numerics``, see :data:`autokd.objective.NUMERICS`);
+    ``unsure_numerics``: pairs with one trial from before autokd recorded them."""
     out = []
     if refused:
         out.append(f"{_plural(len(refused), 'linked pair')} refused: the two trials differ beyond distill.kd "
@@ -164,6 +166,11 @@ def warnings_for(*, summary: Mapping[str, Any], lost: Sequence[Mapping[str, Any]
         out.append(f"{_plural(len(mixed_numerics), 'pair')} had their two trials trained by different versions of "
                    f"autokd's training numerics (trials KD on/off {which}; a study resumed across an upgrade): "
                    "their gain also holds that change, which acts like a different seed, not KD alone.")
+    if unsure_numerics:
+        which = ", ".join(f"{a}/{b}" for a, b in unsure_numerics)
+        out.append(f"{_plural(len(unsure_numerics), 'pair')} had one trial trained before autokd recorded its "
+                   f"training numerics (trials KD on/off {which}): if that trial predates channels_last training "
+                   "and the mean pool, their gain also holds that change, not KD alone.")
     if lost:
         out.append(f"{_plural(len(lost), 'pair')} lost (a twin failed or did not match): see kd.lost_pairs; the "
                    "statistics use the complete pairs only.")

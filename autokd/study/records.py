@@ -33,7 +33,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "stopped_epoch": t.user_attrs.get(STOPPED_EPOCH_ATTR),
             "teacher": t.user_attrs.get("teacher"),
             "teacher_hash": t.user_attrs.get("teacher_hash"),
-            "numerics": t.user_attrs.get(NUMERICS_ATTR, 1),  # absent: trained before the attribute existed
+            "numerics": t.user_attrs.get(NUMERICS_ATTR),  # None: trained before autokd recorded it (unknown)
         })
     return records
 

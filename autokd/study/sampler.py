@@ -12,7 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autokd.early_stop import STOPPED_REASON_ATTR, STOPPED_VALUES_ATTR
 from autokd.errors import Problem, StudyError
 from autokd.space import Space
-from autokd.study.storage import quiet_optuna
+from autokd.objective import told_cost
+from autokd.study.storage import cost_scale, quiet_optuna
 
 
 def derive_seed(seed: int, n_existing: int, worker_index: int = 0) -> int:
@@ -25,20 +26,25 @@ def derive_seed(seed: int, n_existing: int, worker_index: int = 0) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-class _StudyWithStopped:
-    """A view of a study in which the trials early stopping stopped (PRUNED, with a ``stopped_reason``) take part.
+class _GPView:
+    """The study as autokd's GP sampler reads it: early-stopped trials take part, and costs are on the log10 scale.
 
     Optuna's GPSampler models COMPLETE trials and takes RUNNING ones as pending points; it never reads PRUNED
-    trials. A stopped trial was left out of its model, so it proposed that configuration again and again (pruned
-    each time as a duplicate, and after 50 in a row the run ended: found by bench/early_stop.py). In this view a
-    stopped trial is COMPLETE with its ``stopped_values``: the final accuracy of the cheaper trial that stopped it
-    (early stopping judged it would end no higher) at its own costs. One stopped before those were recorded is a
-    pending (RUNNING) point: not proposed again, but no information. Everything else is the study itself.
-    GPSampler reads trials through the private ``Study._get_trials``, which is therefore the one method overridden
-    (tests/study/test_sampler.py fails if it stops working)."""
+    trials. A stopped trial (PRUNED, with a ``stopped_reason``) was left out of its model, so it proposed that
+    configuration again and again (pruned each time as a duplicate, and after 50 in a row the run ended: found by
+    bench/early_stop.py). Here a stopped trial is COMPLETE with its ``stopped_values``: the final accuracy of the
+    cheaper trial that stopped it (early stopping judged it would end no higher) at its own costs. One stopped
+    before those were recorded is a pending (RUNNING) point: not proposed again, but no information.
 
-    def __init__(self, study: optuna.Study):
-        self._study = study
+    ``log_costs``: a study made before costs were told as log10 (:func:`autokd.study.cost_scale` ``linear``) keeps
+    its raw values in the storage, and the GP, which models the values it is told, did worse than random search on
+    raw BitOps; this view gives it their log10 instead (stored values untouched).
+
+    Everything else is the study itself. GPSampler reads trials through the private ``Study._get_trials``, which is
+    therefore the one method overridden (tests/study/test_sampler.py fails if it stops working)."""
+
+    def __init__(self, study: optuna.Study, *, log_costs: bool = False):
+        self._study, self._log_costs = study, log_costs
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -56,33 +62,46 @@ class _StudyWithStopped:
             state = TrialState.COMPLETE if isinstance(values, list) and len(values) == n_values else \
                 TrialState.RUNNING
             if state in states:
-                shown = copy.copy(t)
+                shown = copy.deepcopy(t) if deepcopy else copy.copy(t)
                 shown.state = state
                 shown.values = values if state == TrialState.COMPLETE else None
                 extra.append(shown)
-        return trials + extra
+        shown_trials = trials + extra
+        if self._log_costs:
+            shown_trials = [self._logged(t) for t in shown_trials]
+        return shown_trials
+
+    @staticmethod
+    def _logged(t: FrozenTrial) -> FrozenTrial:
+        if t.state != TrialState.COMPLETE or t.values is None:
+            return t
+        shown = copy.copy(t)
+        shown.values = [t.values[0]] + [told_cost(v, "log10") for v in t.values[1:]]
+        return shown
 
 
 class _GPSampler(optuna.samplers.GPSampler):
-    """Optuna's GPSampler, which also sees the trials early stopping stopped (:class:`_StudyWithStopped`)."""
+    """Optuna's GPSampler reading the study through :class:`_GPView` (stopped trials; log10 costs)."""
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return super().sample_relative(_StudyWithStopped(study), trial, search_space)  # type: ignore[arg-type]
+        view = _GPView(study, log_costs=cost_scale(study) == "linear")
+        return super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
 
 
 def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler that ``search.sampler`` names, with its warm-up exposed and a resume-safe seed.
 
     ``gp`` (the default) is Optuna's GPSampler (a Gaussian process per objective; log expected hypervolume
-    improvement for two or more objectives), random for its first ``search.startup_trials`` COMPLETE trials. With
-    other workers' trials RUNNING it needs no liar: it conditions on them itself (q-batch logEHVI with the running
+    improvement for two or more objectives), random for its first ``search.startup_trials`` COMPLETE (or stopped)
+    trials. With other workers' trials RUNNING it needs no liar: it conditions on them itself (q-batch logEHVI with the running
     trials' params as pending points), so a proposal equal to a running trial has next to no expected improvement;
     one that still repeats a COMPLETE or RUNNING trial is pruned by the objective (``duplicate_of``). Trials early
-    stopping stopped are shown to it too (:class:`_StudyWithStopped`): Optuna's GP never reads PRUNED trials and
-    would propose a stopped configuration again and again. Its objective
+    stopping stopped are shown to it too, and a study made before costs were told as log10 is shown their log10
+    (:class:`_GPView`): Optuna's GP never reads PRUNED trials and would propose a stopped configuration again and
+    again. Its objective
     is taken as noisy (``deterministic_objective=False``): training is. It models the values it is told, not their
     ranks, which is why studies tell it log10 costs (:data:`autokd.objective.COST_SCALE`): on the default space it
-    then reached random search's 100-trial hypervolume in 34 trials, TPE in 61 (``bench/samplers.py``); told raw
+    then reached random search's 100-trial hypervolume in 34 trials, TPE in 60.5 (``bench/samplers.py``); told raw
     BitOps (five decades) it found less than random search.
 
     TPE runs with ``constant_liar``: trials other workers are running count as bad results, so they are not

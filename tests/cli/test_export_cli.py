@@ -4,6 +4,7 @@ as ONNX, TorchScript and state_dict, each checked on the test split; and every r
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def test_onnx_of_a_float_model_matches_torch_and_has_no_qdq(export, studies, tmp
     assert not {"QuantizeLinear", "DequantizeLinear", "Round"} & _onnx_ops(tmp_path / "m.onnx")
     side = _sidecar(tmp_path / "m.onnx")
     assert side["simulated"] is False and side["quantization"]["layers"] == {}
+    # the values are labelled: a new study tells its cost on the log10 scale, the metrics keep the raw count
+    first, cost = side["value_names"]
+    assert first == "val_accuracy" and cost.startswith("log10_")
+    assert side["values"][1] == pytest.approx(math.log10(side["metrics"][cost.removeprefix("log10_")]))
     # the file, run by onnxruntime, gives the trial model's logits on the space's test split
     model, _ = load_trial_model(_trial(url, "float"), study=optuna.load_study(study_name="float", storage=url))
     data = load_dataset(load_space(folder / "space.yaml").dataset)

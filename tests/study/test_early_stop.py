@@ -58,6 +58,16 @@ def test_a_trial_a_cheaper_one_dominates_even_optimistically_is_stopped():
     assert "train epoch 3/6" in d.reason and "trial 5" in d.reason and "at most 82.0%" in d.reason
 
 
+@pytest.mark.parametrize("mode", ["rung", "extrapolate"])
+def test_the_decision_carries_the_stopping_trials_mean_final_over_repeats(mode):
+    # repeat 1 is judged against repeat 1 (0.95), but the sampler is told the mean over repeats, as for COMPLETE
+    done = [Reference(i, (10.0,), (0.9, 0.9), rising(0.9, 0.5) * 2) for i in range(5)]
+    done.append(Reference(5, (1.0,), (0.99, 0.95), rising(0.95, 0.5) * 2))
+    d = decide(CurvePoint(val_accuracy=0.55, **{**AT_3, "repeat": 1}), [5.0], done,
+               StopRule(mode=mode, margin=0.0, width=0.2))
+    assert d is not None and d.by == 5 and d.by_final == 0.95 and d.by_mean == pytest.approx(0.97)
+
+
 def test_a_promising_trial_is_not_stopped():
     done = refs(*[(0.9, 10.0, rising(0.9, 0.5)) for _ in range(5)], (0.95, 1.0, rising(0.95, 0.5)))
     assert decide(CurvePoint(val_accuracy=0.70, **AT_3), [5.0], done, StopRule(mode="extrapolate", margin=0.0, width=0.2)) is None

@@ -4,6 +4,7 @@ reproducible, proposing only the space's values, not re-proposing a RUNNING tria
 from __future__ import annotations
 
 import copy
+import math
 
 import optuna
 import pytest
@@ -122,7 +123,7 @@ def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builde
 
 
 def test_the_gp_view_shows_stopped_trials_complete_with_their_values_or_pending():
-    from autokd.study.sampler import _StudyWithStopped
+    from autokd.study.sampler import _GPView
 
     dist = {"x": CategoricalDistribution([1, 2, 3])}
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -133,7 +134,7 @@ def test_the_gp_view_shows_stopped_trials_complete_with_their_values_or_pending(
                                  user_attrs={"stopped_reason": "r"}))  # stopped before values were recorded
     study.add_trial(create_trial(params={"x": 1}, distributions=dist, state=TrialState.PRUNED,
                                  user_attrs={"duplicate_of": 0}))  # a duplicate: not shown
-    view = _StudyWithStopped(study)
+    view = _GPView(study)
     complete = view._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert [(t.number, t.values) for t in complete] == [(0, [0.9, 1.0]), (1, [0.8, 2.0])]
     both = view._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -142,6 +143,48 @@ def test_the_gp_view_shows_stopped_trials_complete_with_their_values_or_pending(
     assert len(view._get_trials(deepcopy=False, states=(TrialState.PRUNED,))) == 3  # asked for PRUNED: as they are
     assert study.trials[1].state == TrialState.PRUNED  # the study itself is untouched
     assert view.directions == study.directions
+
+
+def test_the_gp_view_shows_a_linear_study_its_costs_as_log10():
+    from autokd.study.sampler import _GPView
+
+    dist = {"x": CategoricalDistribution([1, 2])}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(params={"x": 1}, distributions=dist, values=[0.9, 1e6]))
+    study.add_trial(create_trial(params={"x": 2}, distributions=dist, state=TrialState.PRUNED,
+                                 user_attrs={"stopped_reason": "r", "stopped_values": [0.8, 1e4]}))
+    shown = _GPView(study, log_costs=True)._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [t.values for t in shown] == [[0.9, 6.0], [0.8, 4.0]]
+    assert study.trials[0].values == [0.9, 1e6]  # stored values untouched
+
+
+def test_gp_on_a_study_made_before_log10_costs_proposes_as_on_a_new_one(tiny_space):
+    """A study without autokd.cost_scale holds raw costs; the GP must propose from their log10, exactly as it does
+    in a new study told log10 costs (the same history otherwise)."""
+    from autokd.study import ATTR_COST_SCALE
+
+    space = gp_space(tiny_space)
+    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
+    history = [dict(zip(GRID, values)) for values in
+               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
+                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
+
+    def proposal(scale: str | None, raw_seen: bool = False) -> dict:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
+        if scale is not None:
+            study.set_user_attr(ATTR_COST_SCALE, scale)
+        for p in history:
+            acc, cost = fake_values(p)
+            told = cost if scale is None else math.log10(cost)
+            study.add_trial(create_trial(params=p, distributions=dists, values=[acc, told]))
+        return sample(space, study.ask()).params
+
+    assert proposal(None) == proposal("log10")  # old study (raw values) == new study (log10 values)
+    raw = optuna.samplers.GPSampler(seed=derive_seed(space.search.seed, 0), n_startup_trials=space.search.startup_trials)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=raw)
+    for p in history:
+        study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+    assert sample(space, study.ask()).params != proposal(None)  # raw costs would have changed the proposal
 
 
 def test_an_unknown_sampler_names_the_valid_ones(tiny_space):
