@@ -160,6 +160,7 @@ def test_relu6_trains_exactly_as_torchs_in_place_relu6(layout):
         assert torch.equal(ReLU6()(x.clone()).nan_to_num(), torch.nn.functional.relu6(x).nan_to_num())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_a_mobilenet_with_autokds_relu6_can_be_scripted():
     # TorchScript compiles every branch its forward shares a condition with; the training path must stay out of it
     from autokd.space import ModelSpec
