@@ -29,6 +29,18 @@ def gp_space(tiny_space, *, startup: int = 3, seed: int = 0):
     return space_from_dict(s)
 
 
+DISTS = {k: CategoricalDistribution(v) for k, v in GRID.items()}
+# eight COMPLETE trials the Gaussian process models (its warm-up is over: gp_space's startup_trials is 3)
+HISTORY = [dict(zip(GRID, values)) for values in
+           [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
+            (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
+
+
+def add_history(study: optuna.Study) -> None:
+    for p in HISTORY:
+        study.add_trial(create_trial(params=p, distributions=DISTS, values=fake_values(p)))
+
+
 def fake_values(params: dict) -> list[float]:
     """A smooth two-objective stand-in for training: wider and more bits -> more accurate and dearer."""
     width, bits, prune = params["model.width_mult"], params["compress.bits"], params["compress.prune_ratio"]
@@ -72,17 +84,12 @@ def test_gp_does_not_repropose_a_running_trial(tiny_space):
     """Other workers' RUNNING trials are pending points of its q-batch acquisition: the proposal it would make
     is not made again while a trial with those params runs."""
     space = gp_space(tiny_space)
-    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
-    history = [dict(zip(GRID, values)) for values in
-               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
-                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
 
     def proposal(running: dict | None) -> dict:
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
-        for p in history:
-            study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+        add_history(study)
         if running is not None:
-            study.add_trial(create_trial(params=running, distributions=dists, state=TrialState.RUNNING))
+            study.add_trial(create_trial(params=running, distributions=DISTS, state=TrialState.RUNNING))
         return sample(space, study.ask()).params
 
     alone = proposal(None)
@@ -97,15 +104,10 @@ def test_gp_does_not_repropose_a_trial_early_stopping_stopped(tiny_space, builde
     its ``stopped_values`` (``recorded``), or else as pending. The ``optuna`` case shows that the plain sampler
     does repeat itself, so the check can fail."""
     space = gp_space(tiny_space)
-    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
     sampler = make_sampler(space) if builder == "autokd" else optuna.samplers.GPSampler(
         seed=derive_seed(space.search.seed, 0), n_startup_trials=space.search.startup_trials)  # as autokd seeds it
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    history = [dict(zip(GRID, values)) for values in
-               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
-                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
-    for p in history:
-        study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+    add_history(study)
     stopped = []
     for _ in range(4):  # every proposal is stopped by early stopping
         trial = study.ask()
@@ -164,26 +166,21 @@ def test_gp_on_a_study_made_before_log10_costs_proposes_as_on_a_new_one(tiny_spa
     from autokd.study import ATTR_COST_SCALE
 
     space = gp_space(tiny_space)
-    dists = {k: CategoricalDistribution(v) for k, v in GRID.items()}
-    history = [dict(zip(GRID, values)) for values in
-               [(0.25, 3, 2, 0.0, 32), (1.0, 5, 6, 0.5, 2), (0.5, 3, 4, 0.25, 8), (0.25, 5, 6, 0.5, 4),
-                (1.0, 3, 2, 0.0, 8), (0.5, 5, 2, 0.5, 32), (0.25, 3, 4, 0.25, 2), (1.0, 5, 4, 0.0, 4)]]
 
     def proposal(scale: str | None, raw_seen: bool = False) -> dict:
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(space))
         if scale is not None:
             study.set_user_attr(ATTR_COST_SCALE, scale)
-        for p in history:
+        for p in HISTORY:
             acc, cost = fake_values(p)
             told = cost if scale is None else math.log10(cost)
-            study.add_trial(create_trial(params=p, distributions=dists, values=[acc, told]))
+            study.add_trial(create_trial(params=p, distributions=DISTS, values=[acc, told]))
         return sample(space, study.ask()).params
 
     assert proposal(None) == proposal("log10")  # old study (raw values) == new study (log10 values)
     raw = optuna.samplers.GPSampler(seed=derive_seed(space.search.seed, 0), n_startup_trials=space.search.startup_trials)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=raw)
-    for p in history:
-        study.add_trial(create_trial(params=p, distributions=dists, values=fake_values(p)))
+    add_history(study)
     assert sample(space, study.ask()).params != proposal(None)  # raw costs would have changed the proposal
 
 
