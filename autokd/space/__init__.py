@@ -11,6 +11,7 @@ The Optuna parameter name of a searched field is its dotted path (``model.width_
 
 Modules by concern: :mod:`~autokd.space.schema` (pydantic models, dimensions, resolving), :mod:`~autokd.space.checks`
 (cross-field rules), :mod:`~autokd.space.jsonschema` (the JSON Schema of a space file, for editors),
+:mod:`~autokd.space.identity` (the space hash), :mod:`~autokd.space.design` (the design phase's factors and levels),
 :mod:`~autokd.space.memory` (the memory the data needs, against this machine's),
 :mod:`~autokd.space.yamlio` (YAML with line numbers, ``--set``), :mod:`~autokd.space.messages` (both stages into
 located lines). Everything a caller needs is importable from ``autokd.space``.
@@ -27,13 +28,14 @@ from autokd.space.checks import (BOUNDS, CHECKS, MACHINE_CHECKS, QUANT_BITS, che
 from autokd.space.jsonschema import space_json_schema
 from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memory, memory_limit
 from autokd.space.messages import validate_data
-from autokd.space.schema import (BUDGET_FIELDS, Choices, CompressSpec, DatasetSpec, Dimension, DistillSpec, ModelSpec,
+from autokd.space.identity import BUDGET_FIELDS, legacy_space_hashes, space_hash
+from autokd.space.schema import (Choices, CompressSpec, DatasetSpec, DesignSpec, Dimension, DistillSpec, ModelSpec,
                                  Range, SearchSpec, Space, TeacherSpec, TrainSpec, dimensions, discrete_size,
-                                 is_resolved, legacy_space_hashes, resolve, space_hash, to_dict)
+                                 is_resolved, resolve, to_dict)
 from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 
 __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",
-           "CompressSpec", "DatasetSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
+           "CompressSpec", "DatasetSpec", "DesignSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
            "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
            "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "legacy_space_hashes",
            "load_space", "memory_limit", "parse_overrides", "parse_yaml_value", "resolve", "space_from_dict",

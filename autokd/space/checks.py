@@ -9,6 +9,7 @@ from typing import Any
 
 from autokd.errors import hint
 
+from autokd.space.design import check_design
 from autokd.space.memory import KNOWN_DATASETS, MemoryLimit, estimate_memory, format_bytes, memory_limit
 from autokd.space.schema import Choices, Range, Space, walk_fields, dimensions
 
@@ -253,7 +254,7 @@ def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResu
 
 
 CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
-                                                check_teacher, check_search, check_compress]
+                                                check_teacher, check_search, check_compress, check_design]
 #: Checks that depend on the machine, not only on the space: run on space files (``load_space``, ``autokd
 #: validate``, ``autokd search``), not on a space stored in a study (that one must stay readable elsewhere).
 MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory, check_backends]

@@ -70,6 +70,9 @@ def _locate(loc: tuple, lines: dict[tuple, int]) -> int | None:
     by_text = {tuple(map(str, k)): v for k, v in lines.items()}
     for n in range(len(loc), -1, -1):
         key = tuple(map(str, loc[:n]))
+        dotted_key = key + (".".join(map(str, loc[n:])),)  # a key that holds dots (search.design.levels.train.lr)
+        if n < len(loc) - 1 and dotted_key in by_text:
+            return by_text[dotted_key]
         if key in by_text:
             return by_text[key]
     return None

@@ -6,8 +6,6 @@ The Optuna parameter name of a searched field is its dotted path (``model.width_
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -186,6 +184,43 @@ class CompressSpec(_Strict):
 
 
 Objective = Literal["flops", "bitops", "size", "params"]
+DesignLevel = Union[bool, int, float, str]
+
+
+def _dotted_keys_only(schema: dict[str, Any]) -> None:
+    """JSON Schema of a map keyed by dotted field paths: every key must look like one (editors flag the rest)."""
+    values = schema.pop("additionalProperties", {})
+    schema["patternProperties"] = {r"^[a-z_]+(\.[a-z_]+)+$": values}
+    schema["additionalProperties"] = False
+
+
+class DesignSpec(_Strict):
+    """The design phase: the study's first pairs form a balanced design over the searched techniques' levels,
+    each run with its KD twin; then the sampler continues the Pareto search (see :mod:`autokd.study.design`)."""
+
+    kind: Literal["auto", "full", "fraction", "d_optimal"] = Field(
+        "auto", description="'auto': a full factorial up to 32 cells, else a resolution-IV two-level fraction, "
+        "else (mixed levels) a D-optimal near-balanced design; or force 'full', 'fraction' or 'd_optimal'.")
+    replicates: Union[int, Literal["auto"]] = Field(
+        "auto", description="Replicates of the design (each with its own random streams), or 'auto': run the "
+        "fewest the verdict model can be fitted to as a pilot, then as many as its noise says reach half_width "
+        "(within search.n_trials). Not part of the space hash.")
+    levels: dict[str, list[DesignLevel]] = Field(
+        {}, description="Design levels of searched numeric ranges by dotted path, e.g. {train.lr: [0.03, 0.08]} "
+        "[default: each range's low and high]; a choices field is designed at its choices.",
+        json_schema_extra=lambda s: _dotted_keys_only(s))
+    runs: int | None = Field(None, ge=2, le=4096, description="Runs of a D-optimal design [default: the smallest "
+                             "near-balanced size with 8 residual degrees of freedom].")
+    margin: float = Field(1.0, gt=0, le=50, description="Orthogonality margin in accuracy points the design is "
+                          "sized for (the report's --margin). Not part of the space hash.")
+    half_width: float | None = Field(None, gt=0, le=50, description="Target: every level difference's 90% "
+                                     "half-width at most this many points [default: margin / 2]. Not part of "
+                                     "the space hash.")
+
+    @property
+    def target(self) -> float:
+        """The target half-width in accuracy points."""
+        return self.half_width if self.half_width is not None else self.margin / 2
 
 
 class SearchSpec(_Strict):
@@ -207,6 +242,9 @@ class SearchSpec(_Strict):
     early_stop: bool | None = Field(None, description="Stop (PRUNED) a trial whose accuracy, extrapolated "
                                     "optimistically, cannot reach the Pareto front at its cost [default: true "
                                     "when distill.kd is not searched: stopping conditions KD pairs on survival].")
+    design: DesignSpec | None = Field(None, description="Run a balanced design over the searched techniques' "
+                                      "levels first, each point with its KD twin, so that the report can decide "
+                                      "every technique's orthogonality to KD (needs distill.kd searched).")
 
 
 class Space(_Strict):
@@ -233,16 +271,6 @@ class Space(_Strict):
         return self._source
 
 
-# Fields that set the budget, not the question: left out of the space hash so that a study can be
-# resumed or extended with more trials (early stopping and the sampler too: they decide how a budget is spent,
-# not what a trial measures, and can be changed on resume).
-BUDGET_FIELDS = {"search": {"n_trials", "max_failures", "early_stop", "sampler"}}
-# Fields that were hashed before they became budget fields, with their valid values: a study made then stored a
-# hash with the field in it (see :func:`legacy_space_hashes`).
-HASHED_BEFORE = {"search": {"sampler": ("tpe", "nsga2", "random", "gp")}}
-# Fields added after studies already existed: left out of the hash while at their default, so that a study made
-# before they existed still resumes (its question did not change).
-LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,38 +371,6 @@ def resolve(space: Space, params: dict[str, Any]) -> Space:
 
 def is_resolved(space: Space) -> bool:
     return not dimensions(space)
-
-
-def space_hash(space: Space) -> str:
-    """A canonical hash of the question a space asks (budget fields left out)."""
-    return _hash(_question(space))
-
-
-def legacy_space_hashes(space: Space) -> set[str]:
-    """The hashes that a study of this same question may have stored before a field of :data:`HASHED_BEFORE` left
-    the hash. ``search.sampler`` was hashed until it became a budget field, so such a study holds the hash of
-    whichever sampler it was made with; with these it still resumes, under any sampler."""
-    hashes = set()
-    for section, fields in HASHED_BEFORE.items():
-        for name, values in fields.items():
-            for value in values:
-                data = _question(space)
-                data[section][name] = value
-                hashes.add(_hash(data))
-    return hashes
-
-
-def _question(space: Space) -> dict[str, Any]:
-    data = space.model_dump(mode="json", exclude=BUDGET_FIELDS)
-    for section, fields in LATER_FIELDS.items():
-        for name, default in fields.items():
-            if data[section].get(name, default) == default:
-                data[section].pop(name, None)
-    return data
-
-
-def _hash(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def to_dict(space: Space) -> dict[str, Any]:
