@@ -43,7 +43,7 @@ from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.models.saved import architecture, model_bytes
 from autokd.progress import ProgressCallback, silent
-from autokd.sampling import TrialConfig, sample
+from autokd.sampling import DESIGN_POINT_ATTR, TrialConfig, replicate_of, sample
 from autokd.space import Choices, Space
 from autokd.teacher import Teacher, ViewPool, augment_policy, pool_logits, view_accuracy
 from autokd.train import Distillation, Optim, fit, stream_seed
@@ -155,7 +155,7 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
         distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha)
 
     def seed_of(phase: str) -> int:
-        return stream_seed(cfg.train.seed, repeat, phase)
+        return stream_seed(cfg.train.seed, repeat, phase, cfg.replicate)
 
     torch.manual_seed(seed_of("init"))
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
@@ -254,9 +254,11 @@ def upload_bytes(store: Any, trial: Any, data: bytes, filename: str) -> str:
                                                 mimetype="application/octet-stream")
 
 
-def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False) -> int | None:
-    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params``; else None. With
-    ``stopped``, also a trial that early stopping stopped (PRUNED with ``stopped_reason``).
+def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False, replicate: int = 0) -> int | None:
+    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params`` and ``replicate``;
+    else None. With ``stopped``, also a trial that early stopping stopped (PRUNED with ``stopped_reason``).
+    A design replicate (:data:`autokd.sampling.REPLICATE_ATTR`) trains with its own streams: the same params in
+    another replicate is another run.
 
     Trials share ``train.seed``, so a repeated proposal would only retrain an identical model: the sampler (TPE
     converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. Two workers that pop the same
@@ -269,7 +271,12 @@ def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False) -
         return None
     states = (TrialState.COMPLETE, TrialState.RUNNING) + ((TrialState.PRUNED,) if stopped else ())
     for other in study.get_trials(deepcopy=False, states=states):
-        if other.number == trial.number or other.params != params:
+        if other.number == trial.number or replicate_of(other.user_attrs) != replicate:
+            continue
+        # A RUNNING trial popped from the queue writes its params one suggest at a time: what it will run is in
+        # Optuna's record of the enqueued params (without it, two workers that popped copies of one queued twin
+        # could each see the other's params half written, and both train it).
+        if {**other.system_attrs.get("fixed_params", {}), **other.params} != params:
             continue
         if other.state == TrialState.PRUNED:
             if STOPPED_REASON_ATTR in other.user_attrs:
@@ -352,9 +359,11 @@ class Objective:
 
     def _run(self, trial: Any) -> list[float]:
         cfg = sample(self.space, trial)
-        # A KD twin of a completed trial always runs to its end: the pair would be lost otherwise.
-        protected = "twin_of" in getattr(trial, "user_attrs", {})
-        twin = duplicate_of(trial, cfg.params, stopped=self.early_stop and not protected)
+        # A KD twin of a completed trial, and a design point, always run to their end: a pair (a design cell)
+        # would be lost otherwise.
+        attrs = getattr(trial, "user_attrs", {})
+        protected = "twin_of" in attrs or DESIGN_POINT_ATTR in attrs
+        twin = duplicate_of(trial, cfg.params, stopped=self.early_stop and not protected, replicate=cfg.replicate)
         if twin is not None:
             # The same settings and seeds would train the same model again: record the link and skip it.
             trial.set_user_attr("duplicate_of", twin)

@@ -22,14 +22,17 @@ from autokd.distill import kd_loss
 EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
 
 
-def stream_seed(seed: int, repeat: int, phase: str) -> int:
-    """The seed of one random stream of a trial: (``train.seed``, repeat, phase) hashed to 63 bits.
+def stream_seed(seed: int, repeat: int, phase: str, replicate: int = 0) -> int:
+    """The seed of one random stream of a trial: (``train.seed``, repeat, phase[, replicate]) hashed to 63 bits.
 
     Phases are ``init``, ``train``, ``prune`` and ``finetune``. Hashing (rather than ``seed + repeat``) keeps every
     (repeat, phase) stream apart: the old ``seed + 1`` for the fine-tune phase would collide with repeat 1's
-    ``seed + 1``. A KD trial and its KD-off twin share every stream, repeat by repeat.
+    ``seed + 1``. A KD trial and its KD-off twin share every stream, repeat by repeat. A design replicate r > 0
+    (:data:`autokd.sampling.REPLICATE_ATTR`) has streams of its own; replicate 0 keeps the streams every trial had
+    before designs existed.
     """
-    digest = hashlib.sha256(f"autokd-stream:{int(seed)}:{int(repeat)}:{phase}".encode()).digest()
+    tail = f":r{int(replicate)}" if replicate else ""
+    digest = hashlib.sha256(f"autokd-stream:{int(seed)}:{int(repeat)}:{phase}{tail}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

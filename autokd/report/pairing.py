@@ -4,7 +4,8 @@ A KD twin is the same configuration (searched settings and seed) trained with ``
 records the link: a twin carries ``twin_of`` = its original's trial number (a retry of a twin keeps the link).
 Pairs are made from that link first, and each linked pair is checked: the two trials' searched params and resolved
 settings must differ in ``distill.kd`` only (``search.*`` budget fields and where the data lives are ignored).
-COMPLETE trials without a link (a sampler may propose a twin by itself) are then matched by params and seed.
+COMPLETE trials without a link (a sampler may propose a twin by itself) are then matched by params, seed and design
+replicate (``replicate``: each replicate trains with its own random streams, so only the same replicate pairs).
 
 Nothing is dropped silently. An original whose every twin FAILED is a **lost pair** (``original``, ``twin``,
 ``failed_side``, ``reason``); a twin that is still WAITING or RUNNING is **pending** (not lost); a failure whose
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from autokd.space.schema import LATER_FIELDS
+from autokd.space.identity import LATER_FIELDS
 
 KD_PARAM = "distill.kd"
 # Settings that may differ between twins without making them different configurations.
@@ -108,6 +109,12 @@ class Pair:
     def numbers(self) -> tuple[int, int]:
         return int(self.on["number"]), int(self.off["number"])
 
+    @property
+    def design(self) -> bool:
+        """Whether both trials are the same point of the study's design phase (``design_point`` recorded)."""
+        a, b = self.on.get("design_point"), self.off.get("design_point")
+        return a is not None and a == b
+
     def gain(self, metric: str) -> float | None:
         """metric(KD on) − metric(KD off) of the trials' reported (mean-over-repeats) metrics."""
         on, off = metric_of(self.on.get("metrics"), metric), metric_of(self.off.get("metrics"), metric)
@@ -179,6 +186,8 @@ def _mismatch(original: Mapping, twin: Mapping, kd_param: str) -> str | None:
     fo, ft = kd_flag(original, kd_param), kd_flag(twin, kd_param)
     if fo is None or ft is None or fo == ft:
         return f"{kd_param} is not flipped between the two trials"
+    if (original.get("replicate") or 0) != (twin.get("replicate") or 0):
+        return "the two trials are different design replicates (different random streams)"
     po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k != kd_param}
     pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k != kd_param}
     diff = sorted(k for k in set(po) | set(pt) if po.get(k) != pt.get(k))
@@ -247,7 +256,7 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
         if flag is None:
             continue
         params = {k: v for k, v in (t.get("params") or {}).items() if k != kd_param}
-        key = (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")))
+        key = (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")), t.get("replicate") or 0)
         groups.setdefault(key, {True: [], False: []})[flag].append(t)
     for sides in groups.values():
         for a, b in zip(sides[True], sides[False]):

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from autokd import worker
 from autokd.progress import ProgressCallback, silent
 from autokd.study.storage import quiet_optuna
+from autokd.study.twins import design_attrs
 
 
 ORPHAN_SECONDS = 60.0  # a RUNNING trial with no worker record this old has no worker (one records it in ms)
@@ -117,8 +118,9 @@ def _requeue_interrupted(study: optuna.Study, number: int | None, reason: str = 
 
 
 def _retry_attrs(t: optuna.trial.FrozenTrial, reason: str) -> dict[str, Any]:
-    """User attributes of a retry: what it retries and why, and the twin link of the original, if any."""
-    attrs = {"retry_of": t.number, "retry_reason": reason}
+    """User attributes of a retry: what it retries and why, and the twin link, design point and replicate of the
+    original, if any (a retry of a design point is that point, in that replicate)."""
+    attrs = {"retry_of": t.number, "retry_reason": reason, **design_attrs(t.user_attrs)}
     if "twin_of" in t.user_attrs:
         attrs["twin_of"] = t.user_attrs["twin_of"]
     return attrs

@@ -4,6 +4,9 @@
 - A worker acts only on trials it ran (the ``optimize`` callback hands it its own trial; never ``trials[-1]``).
 - KD twins: with ``search.kd_twins``, every COMPLETE trial's twin (same settings and seed, ``distill.kd``
   flipped) is enqueued unless it exists, and runs next; a resumed study completes missing twins first.
+- Design phase (``search.design``, :mod:`autokd.study.design`): its points are enqueued before anything is
+  sampled, one replicate at a time; a worker waits (rather than samples) while the next replicate is due on trials
+  other workers are finishing (the pilot of ``replicates: auto``).
 - Early stopping (``search.early_stop``, :mod:`autokd.early_stop`): a stopped trial ends PRUNED and does not count
   toward ``search.n_trials`` (the worker goes on with a new trial); a configuration already stopped is not run
   again (``duplicate_of``), except as the KD twin of a completed trial, which is queued and never stopped.
@@ -35,6 +38,7 @@ from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch
                                     share_teacher)
 from autokd.study.storage import (ATTR_TEACHER, cost_scale, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
+from autokd.study.design import enqueue_design
 from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
 
@@ -98,6 +102,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         recover_stale_trials(study, progress=progress)
         with quiet_optuna():  # RDB storages: trials of workers elsewhere whose heartbeat stopped
             optuna.storages.fail_stale_trials(study)
+        enqueue_design(study, space, progress=progress)
         if twins:
             enqueue_missing_twins(study, progress=progress)
         result.study, result.states = study, count_states(study)
@@ -144,7 +149,11 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
     duplicates_in_a_row = 0
     with quiet_optuna():
         while True:
-            now = Standing.of(study)  # one read of the study per round
+            trials = study.get_trials(deepcopy=False)  # one read of the study per round
+            design = enqueue_design(study, space, progress=progress, trials=trials)
+            if design is not None and design.added:
+                trials = study.get_trials(deepcopy=False)
+            now = Standing.of(study, trials)
             if not now.work_left(target, twins):
                 if not now.young_orphans:
                     break
@@ -160,6 +169,13 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                 result.stopped = "duplicates"
                 break
+            if design is not None and design.pending and now.waiting == 0:
+                # The next replicate is due once the pilot (or the replicate before) is done, which other
+                # workers are running: wait for it rather than spend the design's trials on the sampler.
+                progress("design.wait", running=now.running)
+                time.sleep(ORPHAN_POLL_SECONDS)
+                recover_stale_trials(study, progress=progress)
+                continue
             if now.others_cover(target):
                 result.stopped = "others"
                 break
@@ -245,9 +261,9 @@ class Standing:
     young_orphans: int  # RUNNING trials without a worker record, not yet old enough to be declared dead
 
     @classmethod
-    def of(cls, study: optuna.Study) -> Standing:
+    def of(cls, study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> Standing:
         complete = waiting = running = young = 0
-        for t in study.get_trials(deepcopy=False):
+        for t in study.get_trials(deepcopy=False) if trials is None else trials:
             if t.state == TrialState.COMPLETE:
                 complete += 1
             elif t.state == TrialState.WAITING:

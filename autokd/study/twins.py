@@ -1,4 +1,7 @@
-"""KD twins: the same settings and seed with ``distill.kd`` flipped, enqueued once for every COMPLETE trial."""
+"""KD twins: the same settings and seed with ``distill.kd`` flipped, enqueued once for every COMPLETE trial.
+
+A twin of a design point carries the point's replicate (and index): the replicate is part of the twin key, so each
+replicate gets its own twin, with the same streams as its original."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autokd.progress import ProgressCallback, silent
+from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
 
@@ -15,8 +19,14 @@ from autokd.study.storage import quiet_optuna
 KD_PARAM = "distill.kd"
 
 
-def _params_key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+def _params_key(params: dict[str, Any], replicate: int = 0) -> tuple:
+    """What makes two trials the same run: their params and their design replicate (each has its own streams)."""
+    return tuple(sorted((k, repr(v)) for k, v in params.items())) + ((REPLICATE_ATTR, replicate),)
+
+
+def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The design point and replicate a trial records, for its twin and its retries to carry on."""
+    return {k: user_attrs[k] for k in (DESIGN_POINT_ATTR, REPLICATE_ATTR) if k in user_attrs}
 
 
 def twin_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -36,18 +46,20 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     trials = study.get_trials(deepcopy=False)
     # PRUNED trials are no twins: a duplicate's original is COMPLETE or RUNNING (seen through it), unless the
     # original was early-stopped, and neither that nor its duplicates should hide the twin.
-    seen = {_params_key(t.params) for t in trials if t.state != TrialState.PRUNED}
-    seen |= {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    seen = {_params_key(t.params, replicate_of(t.user_attrs)) for t in trials if t.state != TrialState.PRUNED}
+    seen |= {_params_key(t.system_attrs.get("fixed_params", {}), replicate_of(t.user_attrs))
+             for t in trials if t.state == TrialState.WAITING}
     done = []
     for t in trials:
         if t.state != TrialState.COMPLETE or KD_PARAM not in t.params:
             continue
         twin = twin_params(t.params)
-        if _params_key(twin) in seen:
+        key = _params_key(twin, replicate_of(t.user_attrs))
+        if key in seen:
             continue
         with quiet_optuna():
-            study.enqueue_trial(twin, user_attrs={"twin_of": t.number})
-        seen.add(_params_key(twin))
+            study.enqueue_trial(twin, user_attrs={"twin_of": t.number, **design_attrs(t.user_attrs)})
+        seen.add(key)
         done.append(t.number)
         progress("study.enqueue", number=t.number, reason="twin")
     return done

@@ -177,12 +177,14 @@ def test_a_worker_command_repeats_the_options(tmp_path):
     from autokd.cli.workers import worker_command
 
     opts = SearchOptions(space=Path("s.yaml"), sets=["train.epochs=1"], storage="sqlite:///x.db", study=None,
-                         timeout=None, device="cpu", cache_dir=None, allow_space_change=False, margin=1.0,
+                         timeout=None, device="cpu", cache_dir=None, allow_space_change=False, margin=None,
                          artifacts=tmp_path, threads=None, worker_index=0)
     cmd = worker_command(opts, 1, 2)
     assert cmd[:4] == [sys.executable, "-m", "autokd", "search"]
     assert cmd[4:] == ["s.yaml", "--set", "train.epochs=1", "--storage", "sqlite:///x.db", "--device", "cpu",
                        "--artifacts", str(tmp_path), "--threads", "2", "--worker-index", "1", "--progress-json"]
+    opts.margin = 1.0  # given on the command line (even at the usual default): repeated, it wins over the space's
+    assert worker_command(opts, 1, 2)[-3:] == ["--margin", "1", "--progress-json"]
 
 
 def test_the_many_space_is_valid(space_file, tiny_space):

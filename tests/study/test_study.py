@@ -377,7 +377,7 @@ def test_trial_records_are_plain_data(url, tiny_space):
                  "metrics": {"val_accuracy": 0.5, "flops": 100.0}, "settings": {"distill": {"kd": True}},
                  "seconds": 1.5, "fail_reason": None, "twin_of": None, "retry_of": None, "duplicate_of": None,
                  "stopped_reason": None, "stopped_epoch": None, "teacher": None, "teacher_hash": None,
-                 "numerics": None}
+                 "numerics": None, "design_point": None, "replicate": 0}
 
 
 # --- a real crash ----------------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+"""The design phase: the study's first pairs form a balanced design over the searched techniques' levels.
+
+Each design point is an ordinary Optuna trial enqueued with its params (``distill.kd`` true) and two user
+attributes, ``design_point`` (its index) and ``replicate`` (which replicate of the design it belongs to); its KD
+twin is enqueued by :mod:`autokd.study.twins` once it completes and carries both. The replicate feeds the trial's
+random streams (:func:`autokd.train.stream_seed`), so replicates are runs, not duplicates; it is part of the
+duplicate, twin, pairing and retry keys, and design points and their twins are never early-stopped.
+
+**Deterministic, idempotent, shared.** The design is generated from the space and ``search.seed`` alone
+(:func:`build_design`), so every worker computes the same points. :func:`enqueue_design` is called by every worker
+before each trial: it reads the study once and enqueues, one replicate (a block) at a time, the points that are not
+in the storage yet. Two workers that enqueue the same point at once leave two queued copies: the later one is
+pruned as a duplicate when it is popped (:func:`autokd.objective.duplicate_of`), so no point runs twice, and none
+goes missing (a point of a begun block that is absent is enqueued again; a retry keeps its point and replicate).
+
+**Budget.** ``search.n_trials`` bounds the study: a design of L points needs 2 L trials a replicate, so at most
+``n_trials // (2 L)`` replicates run (cut at a block boundary, said in the study's ``autokd.design`` attribute and by
+progress event ``design.cut``); the sampler spends the rest. With ``replicates: auto`` the first replicate (the first
+few, when one has fewer pairs than the verdict model needs: :func:`autokd.space.design.min_replicates`) is an
+internal pilot: once all its pairs are done, :func:`autokd.report.plan.replicates_for` sizes the design from the
+pilot's noise (Wittes-Brittain), and the plan is recorded on the study (``autokd.design``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autokd.progress import ProgressCallback, silent
+from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
+from autokd.space import Space, space_hash
+from autokd.space.design import KD_PARAM, DesignFactor, design_factors, held_settings, min_replicates
+from autokd.study.storage import quiet_optuna
+
+ATTR_DESIGN = "autokd.design"  # study user attribute: the design and, once planned, its replicates
+ESTIMAND = ("the mean KD gain difference between a technique's levels, averaged over the design's level "
+            "combinations of the other techniques, each weighted equally (a balanced design: every technique's "
+            "levels meet every other's equally often)")
+_FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+_SIZING_KEYS = ("pilot_replicates", "pilot_pairs", "target_half_width", "pilot_fitted", "pairs_per_technique", "pilot_half_width",
+                "pilot_reason")
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """The design of a space: techniques and levels, the runs (level indices), what kind of design it is."""
+
+    kind: str
+    factors: tuple[DesignFactor, ...]
+    rows: tuple[tuple[int, ...], ...]
+    note: str
+    held: dict[str, Any] = field(default_factory=dict)
+    d_efficiency: float | None = None
+
+    @property
+    def points(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pilot_replicates(self) -> int:
+        """Replicates the pilot of ``replicates: auto`` takes: the fewest the verdict model can be fitted to."""
+        return min_replicates(self.points, [len(f.levels) for f in self.factors])
+
+    def params(self, i: int) -> dict[str, Any]:
+        """The params of design point ``i`` (KD on; its twin runs it with KD off)."""
+        values = {f.path: f.levels[j] for f, j in zip(self.factors, self.rows[i])}
+        return {**values, **self.held, KD_PARAM: True}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able description (the study's ``autokd.design`` attribute and the report's ``kd.design``)."""
+        return {"kind": self.kind, "levels": {f.path: list(f.levels) for f in self.factors},
+                "points": self.points, "note": self.note, "d_efficiency": self.d_efficiency,
+                "held": dict(self.held), "estimand": ESTIMAND}
+
+
+def build_design(space: Space) -> StudyDesign | None:
+    """The design of ``space`` (None without ``search.design``), deterministic from the space and its seed."""
+    if space.search.design is None:
+        return None
+    key = space_hash(space)  # the design depends on the question only (its seed included), not on the budget
+    if key not in _DESIGNS:  # a D-optimal design takes a fraction of a second: built once per process
+        from autokd.doe import make_design
+
+        spec, factors = space.search.design, design_factors(space)
+        d = make_design([len(f.levels) for f in factors], seed=space.search.seed, kind=spec.kind, runs=spec.runs)
+        _DESIGNS[key] = StudyDesign(d.kind, tuple(factors), tuple(tuple(r) for r in d.rows), d.note,
+                                    held_settings(space), d.d_efficiency)
+    return _DESIGNS[key]
+
+
+_DESIGNS: dict[str, StudyDesign] = {}
+
+
+@dataclass(frozen=True)
+class DesignState:
+    """Where the design phase of a study stands (from one read of its trials)."""
+
+    replicates: int  # replicates the study will run (planned, within the budget); the pilot only until planned
+    enqueued: int  # replicates whose every point is in the storage
+    pending: bool  # a replicate remains that cannot be enqueued yet (the pilot or the current block unfinished)
+    planned: bool  # the number of replicates is known (fixed, or planned from the pilot)
+    added: int = 0  # trials this call enqueued
+
+
+def _originals(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[tuple[int, int], list]:
+    """(replicate, point) -> the design trials that run that point with KD on (originals and their retries)."""
+    out: dict[tuple[int, int], list] = {}
+    for t in trials:
+        point = t.user_attrs.get(DESIGN_POINT_ATTR)
+        if point is None or "twin_of" in t.user_attrs:
+            continue
+        out.setdefault((replicate_of(t.user_attrs), int(point)), []).append(t)
+    return out
+
+
+def _pilot_done(trials: Sequence[optuna.trial.FrozenTrial], points: int, replicates: int) -> bool:
+    """Every point of the pilot's ``replicates`` and its twin have finished (a point that failed for good counts as
+    finished)."""
+    pilot = [t for t in trials if t.user_attrs.get(DESIGN_POINT_ATTR) is not None
+             and replicate_of(t.user_attrs) < replicates]
+    if any(t.state not in _FINISHED for t in pilot):
+        return False
+    originals = {(replicate_of(t.user_attrs), int(t.user_attrs[DESIGN_POINT_ATTR]))
+                 for t in pilot if "twin_of" not in t.user_attrs}
+    twinned = {t.user_attrs.get("twin_of") for t in pilot if "twin_of" in t.user_attrs}
+    complete = [t for t in pilot if "twin_of" not in t.user_attrs and t.state == TrialState.COMPLETE]
+    return len(originals) >= points * replicates and all(t.number in twinned for t in complete)
+
+
+def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
+                       trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, bool, dict[str, Any]]:
+    """(replicates to run, whether that number is final, the plan to record) within ``search.n_trials``."""
+    spec = space.search.design
+    budget = max(1, space.search.n_trials // (2 * design.points))
+    record: dict[str, Any] = {"budget_replicates": budget, "target_half_width": spec.target / 100.0,
+                              "margin": spec.margin / 100.0}
+    if spec.replicates != "auto":
+        asked = int(spec.replicates)
+        record.update(asked=asked, how="fixed")
+    else:
+        pilot = design.pilot_replicates
+        record["pilot_replicates"] = pilot
+        if not _pilot_done(trials, design.points, pilot):
+            return pilot, False, record
+        known = study.user_attrs.get(ATTR_DESIGN) or {}
+        if known.get("planned") and known.get("how") == "pilot":  # sized once: the pilot does not change
+            sizing = {k: v for k, v in known.items() if k in _SIZING_KEYS}
+            asked = known.get("asked")
+        else:
+            asked, sizing = _size_from_pilot(study, space, design, pilot)
+        record.update(how="pilot", **sizing)
+        if asked is None:  # the pilot could not be analysed: spend the design's share of the budget
+            asked = budget
+    run = min(int(asked), budget)
+    record.update(replicates=run, cut=run < asked)
+    return run, True, record
+
+
+def _size_from_pilot(study: optuna.Study, space: Space, design: StudyDesign,
+                     pilot_replicates: int) -> tuple[int | None, dict[str, Any]]:
+    """Replicates that reach ``search.design`` 's target, sized from the pilot's pairs (Wittes-Brittain)."""
+    from autokd.report.kd_gain import design_factor_analysis
+    from autokd.report.plan import replicates_for
+    from autokd.study.records import trial_records
+
+    spec = space.search.design
+    pilot = [r for r in trial_records(study) if r.get("replicate", 0) < pilot_replicates]
+    # Only the standard errors and their df size the design: no resampling test is needed here.
+    analysis = design_factor_analysis(pilot, factors=[f.path for f in design.factors], margin=spec.margin / 100.0,
+                                      n_perm=1)
+    n, p = int(analysis.get("n_pairs") or 0), int(analysis.get("n_coefficients") or 0)
+    replicates, per = replicates_for(analysis.get("factors") or [], n=n, p=p, points=design.points,
+                                     target=spec.target / 100.0)
+    sizing = {"pilot_pairs": n, "target_half_width": spec.target / 100.0, "pilot_fitted": bool(analysis.get("fitted")),
+              "pairs_per_technique": per, "pilot_half_width": {f["factor"]: f.get("half_width")
+                                                               for f in analysis.get("factors") or []}}
+    if not analysis.get("fitted"):
+        sizing["pilot_reason"] = analysis.get("reason")
+    return replicates, sizing
+
+
+def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallback = silent,
+                   trials: Sequence[optuna.trial.FrozenTrial] | None = None) -> DesignState | None:
+    """Enqueue the design points that are due and not in the storage yet (see the module docstring); None when
+    the space has no design."""
+    design = build_design(space)
+    if design is None:
+        return None
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    replicates, planned, record = planned_replicates(study, space, design, trials)
+    _record(study, design, record, planned, progress)
+    have = _originals(trials)
+    enqueued = 0
+    for r in range(replicates):
+        missing = [i for i in range(design.points) if (r, i) not in have]
+        if not missing:
+            enqueued += 1
+            continue
+        begun = len(missing) < design.points
+        if not begun and any(t.state == TrialState.WAITING for (rr, _), ts in have.items() if rr < r for t in ts):
+            return DesignState(replicates, enqueued, True, planned)  # one replicate at a time
+        with quiet_optuna():
+            for i in missing:
+                study.enqueue_trial(design.params(i), user_attrs={DESIGN_POINT_ATTR: i, REPLICATE_ATTR: r})
+        progress("design.enqueue", replicate=r, points=len(missing), replicates=replicates, planned=planned)
+        return DesignState(replicates, enqueued, r + 1 < replicates or not planned, planned, len(missing))
+    return DesignState(replicates, enqueued, not planned, planned)
+
+
+def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], planned: bool,
+            progress: ProgressCallback) -> None:
+    """Keep the design (and, once final, its plan) on the study for the report; said once per change."""
+    current = study.user_attrs.get(ATTR_DESIGN)
+    new = {**design.summary(), **record, "planned": planned}
+    if current == new:
+        return
+    study.set_user_attr(ATTR_DESIGN, new)
+    if planned and record.get("cut"):
+        progress("design.cut", replicates=record["replicates"], asked=record.get("asked"),
+                 budget=record["budget_replicates"], points=design.points)
+    if planned and record.get("how") == "pilot" and (current or {}).get("planned") is not True:
+        progress("design.planned", replicates=record["replicates"], pilot_pairs=record.get("pilot_pairs"),
+                 target=record.get("target_half_width"))
