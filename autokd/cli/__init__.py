@@ -65,7 +65,7 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     pass  # the app's help text is Typer(help=...) above
 
 
-from autokd.cli import export, report, schema, search, studies, validate  # noqa: E402  (commands register on `app`)
+from autokd.cli import export, plan, report, schema, search, studies, validate  # noqa: E402  (commands register on `app`)
 
 __all__ = ["app", "main"]
 

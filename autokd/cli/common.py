@@ -23,10 +23,11 @@ SpaceArg = Annotated[Path, typer.Argument(metavar="SPACE", help="The search spac
                                           show_default=False)]
 StudySpaceArg = Annotated[Optional[Path], typer.Argument(
     metavar="[SPACE]", help="The space file whose study to read.", show_default=False)]
-MarginOpt = Annotated[float, typer.Option(
-    "--margin", metavar="PTS", min=0.01, max=50.0,
+MarginOpt = Annotated[Optional[float], typer.Option(
+    "--margin", metavar="PTS", min=0.01, max=50.0, show_default=False,
     help="Orthogonality margin in accuracy points: a technique is 'orthogonal' to KD when every difference of KD's "
-         "gain between its levels has a 90% interval inside ±PTS.")]
+         "gain between its levels has a 90% interval inside ±PTS [default: the space's search.design.margin, "
+         "else 1].")]
 
 
 def open_study(space: Optional[Path], storage: Optional[str], study: Optional[str], *, command: str,

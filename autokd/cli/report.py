@@ -28,7 +28,11 @@ def report(
                                            help="Also draw KD's gain overall and per technique and level, with "
                                                 "intervals, the ±--margin band and each technique's verdict (a "
                                                 "forest plot; .png/.svg/.pdf via matplotlib, .html via plotly)."),
-    margin: MarginOpt = 1.0,
+    margin: MarginOpt = None,
+    with_sampler_pairs: bool = typer.Option(False, "--with-sampler-pairs",
+                                            help="When a design ran: put the sampler's KD pairs into the verdict "
+                                                 "model beside the design's (by default the verdicts come from "
+                                                 "the design pairs alone, at exactly the design's levels)."),
 ) -> None:
     """Print the Pareto report of the study of SPACE (or of --study NAME in --storage URL), with the KD
     section: paired KD gains with confidence intervals, whether each other technique is orthogonal to KD (within
@@ -37,7 +41,7 @@ def report(
     from autokd.study import build_report, trial_records
 
     st, sp = open_study(space, storage, study, command="report", overrides=set_)
-    info = build_report(st, sp, include_all=all_, margin=margin)
+    info = build_report(st, sp, include_all=all_, margin=margin, sampler_pairs=with_sampler_pairs)
     if plot is not None:
         from autokd.report.plot import write_plot
 

@@ -134,6 +134,19 @@ class RichProgress:
                 f"{self.settings}[/]")
         elif event == "trial.fail":
             log(f"[red]trial {d['number']} failed: {d['reason']}[/]")
+        elif event == "design.enqueue":
+            of = f"of {d['replicates']}" if d.get("planned") else "(the pilot: the plan sizes the rest)"
+            log(f"Design: replicate {d['replicate'] + 1} {of} queued ({d['points']} points, each with its KD "
+                "twin).")
+        elif event == "design.planned":
+            log(f"Design sized from the pilot's {d['pilot_pairs']} pairs: {d['replicates']} replicate(s) for a 90% "
+                f"half-width of {100 * d['target']:.2g} pts per technique.")
+        elif event == "design.cut":
+            log(f"[yellow]Design cut at {d['replicates']} replicate(s) of {d['asked']}: search.n_trials holds "
+                f"{d['budget']} replicate(s) of {2 * d['points']} trials (raise it and rerun to run the rest).[/]")
+        elif event == "design.wait" and not self.shared.get("design_wait"):
+            self.shared["design_wait"] = True
+            log("Waiting for other workers to finish the design's pilot before the next replicate.")
 
 
 def stop_on_sigterm(progress: Any) -> Any:
@@ -167,7 +180,7 @@ def search(
     cache_dir: CacheDirOpt = None,
     allow_space_change: bool = typer.Option(False, "--allow-space-change",
                                             help="Continue a study whose space differs from SPACE."),
-    margin: MarginOpt = 1.0,
+    margin: MarginOpt = None,
     artifacts: Optional[Path] = typer.Option(
         None, "--artifacts", metavar="DIR",
         help="Optuna artifact store folder for the trained trial models (default: studies/<study>/artifacts "
@@ -224,7 +237,7 @@ class SearchOptions:
     device: str
     cache_dir: Path | None
     allow_space_change: bool
-    margin: float
+    margin: float | None
     artifacts: Path | None
     threads: int | None
     worker_index: int
@@ -249,7 +262,7 @@ class SearchOptions:
                 *(["--workers", str(workers)] if workers > 1 else []),
                 *(["--threads", str(self.threads)] if self.threads else []),
                 *(["--worker-index", str(self.worker_index)] if self.worker_index else []),
-                *(["--margin", f"{self.margin:g}"] if self.margin != 1.0 else [])]
+                *(["--margin", f"{self.margin:g}"] if self.margin is not None else [])]
 
 
 def _run_worker_json(sp: Any, options: SearchOptions) -> int:
@@ -285,7 +298,12 @@ def finish(sp: Any, options: SearchOptions, console: Console, *, complete: int, 
 
     st = study if study is not None else load_study(storage=storage_url, study_name=options.study or sp.name)[0]
     if complete:
-        print_report(build_report(st, sp, margin=options.margin), console)
+        info = build_report(st, sp, margin=options.margin)
+        print_report(info, console)
+        if sp.search.design is not None and "kd" in info:  # what would decide each technique, and its cost
+            from autokd.cli.plan import make_plan, print_plan
+
+            print_plan(make_plan(st, sp, margin=options.margin, half_width=None, info=info), console)
     err = Console(stderr=True)
     if stopped == "max_failures":
         err.print(f"[red]error: stopped after {failed} failed trials (search.max_failures); last error: "

@@ -16,7 +16,8 @@ from autokd.space import dimensions, discrete_size, load_space, space_hash
 @app.command()
 def validate(space: SpaceArg, set_: SetOpt = None,
              json_: bool = typer.Option(False, "--json", help="Print the resolved space as JSON.")) -> None:
-    """Validate SPACE and print each searched dimension and the size of the discrete part."""
+    """Validate SPACE and print each searched dimension, the size of the discrete part and, with search.design, the
+    design it runs first."""
     sp = load_space(space, overrides=set_ or [])
     dims = dimensions(sp)
     size, continuous = discrete_size(dims)
@@ -38,3 +39,13 @@ def validate(space: SpaceArg, set_: SetOpt = None,
     extra = f" × {continuous} continuous dimension{'s' if continuous != 1 else ''}" if continuous else ""
     console.print(f"{len(dims)} searched dimensions; discrete part: {size:,} configurations{extra}. "
                   f"Budget: {sp.search.n_trials} complete trials, sampler {sp.search.sampler}.")
+    if sp.search.design is not None:
+        from autokd.study.design import build_design
+
+        d, spec = build_design(sp), sp.search.design
+        per = 2 * d.points
+        reps = ("'auto' (a pilot of one, then as many as reach a 90% half-width of "
+                f"{spec.target:g} pts, at most {sp.search.n_trials // per})" if spec.replicates == "auto"
+                else f"{spec.replicates}" + (f", cut to {sp.search.n_trials // per} by n_trials"
+                                             if spec.replicates * per > sp.search.n_trials else ""))
+        console.print(f"Design: {d.note}; {per} trials a replicate with the KD twins; replicates: {reps}.")

@@ -57,6 +57,23 @@ def _gain_summary(pairs: Sequence[Pair], metric: str, *, seed: int) -> dict[str,
     return summary
 
 
+def _design_section(design: Mapping[str, Any] | None, pairs: Sequence[Pair], designed: Sequence[Pair],
+                    analysed: bool, *, margin: float) -> dict[str, Any] | None:
+    """``kd.design``: what the design phase was and which pairs the verdicts come from (None: no design ran)."""
+    in_design = [p for p in pairs if p.design]
+    if not in_design and not design:
+        return None
+    design = dict(design or {})
+    replicates = sorted({int(p.on.get("replicate") or 0) for p in in_design})
+    return {"kind": design.get("kind"), "levels": design.get("levels"), "points": design.get("points"),
+            "replicates": design.get("replicates"), "replicates_with_pairs": len(replicates),
+            "n_pairs": len(in_design), "analysed": "design pairs" if analysed else "all pairs (--with-sampler-pairs)",
+            "estimand": design.get("estimand"), "target_half_width": design.get("target_half_width"),
+            "margin": margin, "note": design.get("note"), "d_efficiency": design.get("d_efficiency"),
+            "held": design.get("held") or {}, "cut": bool(design.get("cut")), "how": design.get("how"),
+            "budget_replicates": design.get("budget_replicates"), "asked": design.get("asked")}
+
+
 def survival_conditioning(trials: Sequence[Mapping]) -> dict[str, Any] | None:
     """``{"on": True, "stopped": n, "conditioned_on_survival": True, "note": ...}`` when early stopping was on in
     the study (``search.early_stop: true`` in the trials' recorded settings; its default is off when
@@ -69,10 +86,23 @@ def survival_conditioning(trials: Sequence[Mapping]) -> dict[str, Any] | None:
     return {"on": True, "stopped": stopped, "conditioned_on_survival": True, "note": survival_sentence(stopped)}
 
 
+def design_factor_analysis(trials: Iterable[Mapping], *, factors: Sequence[str], margin: float,
+                           metric: str = "val_accuracy", seed: int = 0, n_perm: int = 2000,
+                           alpha: float = 0.05) -> dict[str, Any]:
+    """The orthogonality analysis (:func:`orthogonality.analyze`) of a study's design pairs alone, at exactly the
+    design's levels (no binning, no merging) of the techniques ``factors``."""
+    kept = [p for p in pair_trials(t for t in trials if isinstance(t, Mapping)).pairs
+            if p.design and p.gain(metric) is not None]
+    return orthogonality.analyze([p.gain(metric) for p in kept], {f: [p.params.get(f) for p in kept] for f in factors},
+                                 margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm, min_level_pairs=1,
+                                 exact_levels=True)
+
+
 def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_accuracy", "test_accuracy"),
                 cost_metric: str = "flops", margin: float = 0.01, teacher: Mapping[str, Any] | None = None,
                 seed: int = 0, n_perm: int = 2000, alpha: float = 0.05, kd_param: str = KD_PARAM,
-                exclude_prefix: str = "distill.") -> dict[str, Any]:
+                exclude_prefix: str = "distill.", design: Mapping[str, Any] | None = None,
+                sampler_pairs: bool = False) -> dict[str, Any]:
     """Everything the report says about KD, JSON-serialisable.
 
     The first of ``metrics`` is the primary metric (the orthogonality model, the fronts and the verdict use it).
@@ -83,7 +113,14 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     Keys: ``metric``, ``estimand``, ``units``, ``n_pairs``, ``n_unpaired``, ``n_pending``, ``pairs``,
     ``lost_pairs``, ``n_lost_pairs``, ``repeats``, ``gain`` (per metric), ``overall``, ``margin``, ``model``,
     ``factors``, ``collinear``, ``heterogeneity``, ``fronts``, ``teacher``, ``early_stop`` (see
-    :func:`survival_conditioning`; None when early stopping was off), ``warnings``, ``verdict``.
+    :func:`survival_conditioning`; None when early stopping was off), ``warnings``, ``verdict``; ``design`` when a
+    design phase ran.
+
+    **Design.** When the study ran a design phase (its pairs carry ``design_point``; ``design`` is the study's
+    ``autokd.design`` record), the verdict table ``factors`` is computed from the design pairs alone, at exactly
+    the design's levels (:func:`design_factor_analysis`): its estimand is ``design["estimand"]``. ``n_pairs``,
+    ``gain``, ``overall`` and ``pairs`` still cover every pair (each entry of ``pairs`` says ``design``).
+    ``sampler_pairs`` puts the sampler's pairs into the model too (the usual binned analysis of all pairs).
     """
     trials = [t for t in trials if isinstance(t, Mapping)]
     if isinstance(metrics, str) or not metrics:
@@ -97,8 +134,14 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     word = overall_word(gain[primary], alpha=alpha)
 
     kept = _usable(pairs, primary)
+    designed = [p for p in kept if p.design]
+    use_design = bool(designed) and not sampler_pairs
+    if use_design:
+        kept = designed
     gains = [p.gain(primary) for p in kept]
     names = sorted({k for p in kept for k in p.params if not k.startswith(exclude_prefix) and k != kd_param})
+    if use_design and design and design.get("levels"):
+        names = sorted(design["levels"])
     factors = {name: [p.params.get(name) for p in kept] for name in names}
     repeat_gains = [p.repeat_gains(primary) for p in kept]
     repeats = min((len(r) if r else 1 for r in repeat_gains), default=1)
@@ -110,7 +153,8 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     # Heterogeneity (tau) is reported from MIN_HETEROGENEITY_CONFIGURATIONS configurations up (validated range).
     with_repeats = repeats > 1 and len(kept) >= MIN_HETEROGENEITY_CONFIGURATIONS
     ortho = orthogonality.analyze(gains, factors, margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
-                                  repeat_gains=repeat_gains if with_repeats else None)
+                                  repeat_gains=repeat_gains if with_repeats else None,
+                                  **({"min_level_pairs": 1, "exact_levels": True} if use_design else {}))
     model = {k: ortho.get(k) for k in ("fitted", "reason", "n_pairs", "n_coefficients", "df_resid", "se", "test",
                                        "alpha", "equivalence_confidence")}
     heterogeneity = ortho.get("heterogeneity") if with_repeats else None
@@ -131,11 +175,14 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
                             collinear=ortho.get("collinear") or [], refused=refused,
                             unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
                             repeats_note=repeats_note, mixed_numerics=mixed, unsure_numerics=unsure)
+    design_section = _design_section(design, pairs, kept if use_design else designed, use_design,
+                                     margin=float(margin))
     survival = survival_conditioning(trials)
     if survival is not None:
         warnings.append(survival["note"])
     unit = "configuration" if repeats > 1 else "pair"
-    return jsonable({
+    extra = {} if design_section is None else {"design": design_section}
+    return jsonable({**extra,
         "metric": primary,
         "estimand": ESTIMAND,
         "units": "fraction of accuracy (0.01 = 1 point)",
@@ -143,7 +190,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
         "n_unpaired": len(pairing.unpaired),
         "n_pending": len(pairing.pending),
         "pairs": [{"on": p.numbers[0], "off": p.numbers[1], "gain": p.gain(primary),
-                   "repeat_gains": p.repeat_gains(primary), "linked": p.linked} for p in pairs],
+                   "repeat_gains": p.repeat_gains(primary), "linked": p.linked, "design": p.design} for p in pairs],
         "lost_pairs": lost,
         "n_lost_pairs": len(lost),
         "refused_pairs": refused,

@@ -86,8 +86,12 @@ def _check_edges(prune_bins: Any) -> tuple[float, ...]:
 
 
 def factor_levels(name: str, values: Sequence[Any], *, prune_param: str = PRUNE_PARAM,
-                  prune_bins: Sequence[float] = DEFAULT_PRUNE_BINS, max_levels: int = 6) -> Levels:
+                  prune_bins: Sequence[float] = DEFAULT_PRUNE_BINS, max_levels: int = 6,
+                  exact: bool = False) -> Levels:
     """Level of each pair's value of factor ``name`` (see the module docstring for the rules).
+
+    ``exact``: every distinct value is its own level, numeric or not (no pruning bins, no tertiles): the levels of
+    a designed experiment, which the report analyses as designed.
 
     ``values`` has one raw value per pair; ``None`` means the pair's params lack the factor. Raises
     ``ValueError`` for a bad ``name``, ``values``, ``prune_bins`` or ``max_levels``.
@@ -107,7 +111,7 @@ def factor_levels(name: str, values: Sequence[Any], *, prune_param: str = PRUNE_
     numeric = bool(present) and all(_is_number(v) for v in present)
     absent = (ABSENT_LEVEL, (2, 0.0, ""))
 
-    if numeric and name == prune_param:
+    if numeric and name == prune_param and not exact:
         def level(v: Any) -> tuple[str, tuple]:
             v = float(v)
             if v == 0.0:
@@ -123,7 +127,7 @@ def factor_levels(name: str, values: Sequence[Any], *, prune_param: str = PRUNE_
             return f">{_fmt_edge(edges[-1])}", (0, math.inf, "")
 
         binning: str | None = "prune_bins"
-    elif (numeric and any(isinstance(v, (float, np.floating)) for v in present)
+    elif (not exact and numeric and any(isinstance(v, (float, np.floating)) for v in present)
           and len({float(v) for v in present}) > max_levels):
         arr = np.asarray([float(v) for v in present])
         lo, hi = float(arr.min()), float(arr.max())

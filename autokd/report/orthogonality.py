@@ -79,6 +79,7 @@ from autokd.report.stats import as_values, holm_adjust, jsonable, t_interval
 from autokd.report.verdict import fmt_p, interval, pts
 
 __all__ = [
+    "MIN_DF_RESID",
     "TEST_NAME",
     "HETEROGENEITY_METHOD",
     "analyze",
@@ -90,6 +91,7 @@ HETEROGENEITY_METHOD = "one-way random-effects ANOVA; exact F interval for tau^2
 MIN_HETEROGENEITY_CONFIGURATIONS = 5  # tau and its interval are reported from this many configurations
 MIN_SAME_CONFIGURATIONS = 10  # "the same everywhere" needs at least this many
 COLLINEAR_GVIF = 2.0       # GVIF^(1/(2 df)) above this flags a factor as collinear
+MIN_DF_RESID = 5           # the model is fitted only with at least this many residual degrees of freedom
 _LEVERAGE_ONE = 1e-9       # h_ii > 1 - this counts as leverage 1
 
 
@@ -223,7 +225,8 @@ def _factor_entry(name: str, levels: Levels, gains: np.ndarray) -> dict:
     labels = np.asarray(levels.labels, dtype=object)
     return {"factor": name, "binning": levels.binning,
             "levels": [_level_stats(gains, labels, lev, levels.merged_from.get(lev, ())) for lev in levels.order],
-            "differences": [], "max_difference": None, "p_interaction": None, "p_adjusted": None,
+            "differences": [], "max_difference": None, "half_width": None, "p_interaction": None,
+            "p_adjusted": None,
             "p_signflip": None, "p_f": None,
             "p_equivalence": None, "p_equivalence_adjusted": None, "test": None, "verdict": "undetermined",
             "reason": None, "pairs_needed": None, "detectable": False, "gvif_adjusted": None, "left_out": None}
@@ -232,13 +235,15 @@ def _factor_entry(name: str, levels: Levels, gains: np.ndarray) -> dict:
 def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, margin: float,
             repeat_gains: Sequence[Sequence[float]] | None = None, alpha: float = 0.05,
             equivalence_confidence: float = 0.90, n_perm: int = 2000, seed: int = 0, min_level_pairs: int = 3,
-            min_df_resid: int = 5) -> dict:
+            min_df_resid: int = MIN_DF_RESID, exact_levels: bool = False) -> dict:
     """Per factor: is KD's gain orthogonal to it, does it interact, or can this study not tell?
 
     ``gains[i]`` = accuracy(KD on) - accuracy(KD off) of configuration i, in fractions (0.01 = 1 point);
     ``factors[name][i]`` = configuration i's raw value of another searched factor (``None`` = absent);
     ``margin`` (fractions, > 0) is the largest dependence that still counts as "orthogonal";
-    ``repeat_gains[i]`` (optional) = the R >= 2 per-repeat gains whose mean is ``gains[i]``.
+    ``repeat_gains[i]`` (optional) = the R >= 2 per-repeat gains whose mean is ``gains[i]``;
+    ``exact_levels``: every distinct value of a factor is a level and no level is merged (the pairs of a designed
+    experiment, analysed at exactly the design's levels).
 
     Returns a JSON-able dict (see the module docstring for the method)::
 
@@ -248,9 +253,9 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
                       "levels": [{"level", "n_pairs", "mean", "ci_low", "ci_high", "win_rate", "adjusted",
                                   "merged_from"}, ...],
                       "differences": [{"high", "low", "estimate", "se", "ci_low", "ci_high", "df"}, ...],
-                      "max_difference", "p_interaction", "p_adjusted", "p_signflip", "p_f", "p_equivalence",
-                      "p_equivalence_adjusted", "test", "verdict", "reason", "pairs_needed", "detectable",
-                      "gvif_adjusted", "left_out"}, ...],          # sorted by factor name
+                      "max_difference", "half_width", "p_interaction", "p_adjusted", "p_signflip", "p_f",
+                      "p_equivalence", "p_equivalence_adjusted", "test", "verdict", "reason", "pairs_needed",
+                      "detectable", "gvif_adjusted", "left_out"}, ...],          # sorted by factor name
          "heterogeneity": heterogeneity(...) or None}
 
     Conventions:
@@ -264,7 +269,8 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
     * ``differences``: every pair of levels, oriented so ``estimate`` = adjusted(high) - adjusted(low) >= 0, with
       its HC3 standard error, its Bell-McCaffrey ``df`` and ``equivalence_confidence`` interval.
       ``max_difference`` is the one with the largest estimate (the direction of a dependence: "KD adds
-      <estimate> more at <high> than at <low>").
+      <estimate> more at <high> than at <low>"). ``half_width``: the largest half-width of those intervals (the
+      precision reached; None when not fitted).
     * ``p_interaction`` = max(``p_signflip``, ``p_f``): the p-value of "the gain does not depend on this
       factor" (see step 4 of the module docstring); ``p_adjusted``: Holm across the model's factors.
       ``p_equivalence``: the largest two-one-sided-tests p-value over the factor's differences (intersection-
@@ -309,10 +315,10 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
     entries: dict[str, dict] = {}
     model: dict[str, Levels] = {}
     for name in sorted(factor_values):
-        raw = factor_levels(name, factor_values[name])
+        raw = factor_levels(name, factor_values[name], exact=exact_levels)
         if len(raw.order) < 2:
             continue  # one level among the pairs: not a factor here
-        merged = merge_small_levels(raw, min_pairs=min_level_pairs)
+        merged = raw if exact_levels else merge_small_levels(raw, min_pairs=min_level_pairs)
         if len(merged.order) < 2:
             entry = _factor_entry(name, raw, gains_arr)
             entry["left_out"] = entry["reason"] = (
@@ -417,6 +423,7 @@ def analyze(gains: Sequence[float], factors: Mapping[str, Sequence[Any]], *, mar
                     p_one = 0.0 if est < margin else 1.0
                 worst = max(worst, p_one)
         entry["differences"] = diffs
+        entry["half_width"] = max(d["ci_high"] - d["estimate"] for d in diffs)
         top = max(diffs, key=lambda d: d["estimate"])
         entry["max_difference"] = dict(top)
         t_of[id(entry["max_difference"])] = t_of[id(top)]

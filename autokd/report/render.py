@@ -155,6 +155,7 @@ def kd_factor_table(kd: dict[str, Any]) -> Table:
     table.add_column("technique", no_wrap=True)
     table.add_column("KD gain per level (pairs)")
     table.add_column("largest difference [90% CI]", justify="right")
+    table.add_column("90% half-width", justify="right")
     table.add_column("p (Holm)", justify="right")
     table.add_column("verdict", justify="right", no_wrap=True)
     for f in kd["factors"]:
@@ -166,7 +167,8 @@ def kd_factor_table(kd: dict[str, Any]) -> Table:
             f"{level_name(d['high'])}−{level_name(d['low'])} {_gain(d['estimate'])} [{_ci(d.get('ci_low'), d.get('ci_high'))}]"
         word = f.get("verdict", "undetermined")
         p = "-" if f.get("p_interaction") is None else f"{_p(f['p_interaction'])} ({_p(f.get('p_adjusted'))})"
-        table.add_row(_short(f["factor"]), levels, diff, p, Text(word, style=_VERDICT_STYLE.get(word, "")))
+        hw = "-" if f.get("half_width") is None else f"{100 * f['half_width']:.2f}"
+        table.add_row(_short(f["factor"]), levels, diff, hw, p, Text(word, style=_VERDICT_STYLE.get(word, "")))
     return table
 
 
@@ -181,6 +183,26 @@ def kd_fronts_text(kd: dict[str, Any]) -> Text:
         f"({fr['n_kd_on']} trials, front {fr['front_kd_on']}) vs KD off {fr['hv_kd_off']:.6g} "
         f"({fr['n_kd_off']} trials, front {fr['front_kd_off']}), reference point ({ref[0]:g}, {ref[1]:.4g}); "
         f"{share} of the KD-off front is dominated by the KD-on front.")
+
+
+def kd_design_text(kd: dict[str, Any]) -> Text | None:
+    """What the design phase was, and that (and on what estimand) the verdict table comes from its pairs."""
+    d = kd.get("design")
+    if not d:
+        return None
+    replicates = d.get("replicates")
+    reps = f"{d.get('replicates_with_pairs', 0)} replicate(s) with pairs" + (
+        f" of {replicates} planned" if replicates else "")
+    lines = [f"Design: {d.get('note') or d.get('kind')}; {reps}, {_n(d.get('n_pairs', 0), 'design pair')}. "
+             f"Verdicts from {d.get('analysed')}, at exactly the design's levels."]
+    if d.get("analysed") == "design pairs" and d.get("estimand"):
+        lines.append(f"Verdict estimand: {d['estimand']}.")
+    if d.get("held"):
+        lines.append("Held in every design point: " + ", ".join(f"{k}={_value(v)}" for k, v in d["held"].items())
+                     + ".")
+    if d.get("cut"):
+        lines.append(f"The design was cut to {replicates} of {d.get('asked')} replicate(s) by search.n_trials.")
+    return Text("\n".join(lines), style="dim")
 
 
 def _n(n: int, word: str) -> str:
@@ -202,6 +224,9 @@ def render_kd(kd: dict[str, Any]) -> Group:
               f"{model.get('se')} standard errors, {model.get('test')}." if model.get("fitted") else "")
     parts += [kd_fronts_text(kd), Text(counts + method, style="dim"),
               Text(f"Estimand: {kd['estimand']}.", style="dim") if kd.get("estimand") else Text("")]
+    design = kd_design_text(kd)
+    if design is not None:
+        parts.append(design)
     for w in kd.get("warnings") or []:
         parts.append(Text("Warning: " + w, style="yellow"))
     parts.append(Text("Verdict: ", style="bold") + Text(kd["verdict"], style="bold"))

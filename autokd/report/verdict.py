@@ -117,11 +117,15 @@ def factors_sentence(factors: Sequence[Mapping[str, Any]], model: Mapping[str, A
         else:
             items = []
             for f in by["undetermined"]:
-                need = f.get("pairs_needed")
+                need, hw = f.get("pairs_needed"), f.get("half_width")
+                width = f"90% half-width {pts(hw, sign=False)} pts; " if hw is not None else ""
                 if need and need > 1000:
-                    items.append(short(f["factor"]) + " (more than 1,000 pairs would be needed)")
+                    items.append(short(f["factor"]) + f" ({width}more than 1,000 pairs would be needed)")
+                elif need or width:
+                    settle = f"≈{need} pairs would settle it" if need else ""
+                    items.append(short(f["factor"]) + f" ({(width + settle).rstrip('; ')})")
                 else:
-                    items.append(short(f["factor"]) + (f" (≈{need} pairs would settle it)" if need else ""))
+                    items.append(short(f["factor"]))
             parts.append("undetermined: " + ", ".join(items))
     return "Per technique, " + "; ".join(parts) + "."
 

@@ -91,7 +91,8 @@ def test_keys_and_json(constant, constant_kd):
     assert kd["margin"] == 0.01 and kd["min_pairs"] == 10 and kd["repeats"] == 1
     assert kd["heterogeneity"] is None and kd["teacher"] is None
     gain = constant[0]["metrics"]["val_accuracy"] - constant[1]["metrics"]["val_accuracy"]
-    assert kd["pairs"][0] == {"on": 0, "off": 1, "gain": pytest.approx(gain), "repeat_gains": None, "linked": True}
+    assert kd["pairs"][0] == {"on": 0, "off": 1, "gain": pytest.approx(gain), "repeat_gains": None, "linked": True,
+                                 "design": False}
     assert kd["pairs"][1]["on"] == 3 and kd["pairs"][1]["off"] == 2  # the twin ran with KD on
     assert all(p["linked"] for p in kd["pairs"])
 
