@@ -86,23 +86,26 @@ def _pts(x: float | None) -> str:
 
 def print_plan(data: dict[str, Any], console: Console) -> None:
     target = data["target_half_width"]
-    table = Table(title=f"Plan: 90% half-width of each technique's KD-gain differences, target ≤ {_pts(target)} pts "
-                        f"(margin ±{_pts(data['margin'])} pts)")
-    for col in ("technique", "verdict now", "half-width (pts)", "pairs needed", "trials needed", "minutes needed"):
-        table.add_column(col, justify="left" if col in ("technique", "verdict now") else "right")
+    table = Table(title=f"Plan: the 90% half-width of each technique's KD-gain differences (pts) against the target "
+                        f"≤ {_pts(target)} (margin ±{_pts(data['margin'])}), and what is still needed to reach it",
+                  title_justify="left", header_style="bold")
+    for col in ("technique", "verdict now", "half-width", "pairs", "trials", "minutes"):
+        table.add_column(col, justify="left" if col in ("technique", "verdict now") else "right",
+                         no_wrap=col in ("technique", "verdict now"))
     for name, e in data["techniques"].items():
         reached = e["reached"]
         hw = _pts(e["half_width"]) + (" ✓" if reached else "")
         minutes = "-" if e["minutes_needed"] is None else f"{e['minutes_needed']:.0f}"
         pairs = "-" if e["pairs_needed"] is None else str(e["pairs_needed"])
         trials = "-" if e["trials_needed"] is None else str(e["trials_needed"])
-        table.add_row(name, str(e["verdict"]), hw, pairs, trials, minutes)
+        table.add_row(name.rsplit(".", 1)[-1], str(e["verdict"]), hw, pairs, trials, minutes)
     console.print(table)
     design = data.get("design") or {}
     where = (f"from {data['n_pairs']} {data['analysed']}" if data.get("n_pairs") is not None else "no pairs yet")
     lines = [f"Half-widths {where}; needs are predicted from their HC3 standard errors, inflated so the target "
              f"is reached in 90% of studies" + (f", in whole replicates of {data['block']} pairs" if data["block"] > 1
-                                                 else "") + "."]
+                                                 else "") + " (the report's '≈N pairs would settle it' extrapolates "
+             "the differences observed so far; this is the precision that settles it whatever they are)."]
     if data.get("trial_seconds") is not None:
         lines.append(f"Minutes at the study's median trial time, {data['trial_seconds']:.0f} s, on one worker "
                      "(divide by the workers).")

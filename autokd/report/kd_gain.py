@@ -133,7 +133,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     gain = {m: _gain_summary(pairs, m, seed=seed) for m in metrics}
     word = overall_word(gain[primary], alpha=alpha)
 
-    kept = _usable(pairs, primary)
+    usable = kept = _usable(pairs, primary)  # usable: the overall gain's pairs; kept: the verdict model's
     designed = [p for p in kept if p.design]
     use_design = bool(designed) and not sampler_pairs
     if use_design:
@@ -160,7 +160,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     heterogeneity = ortho.get("heterogeneity") if with_repeats else None
     fronts = front_comparison(trials, cost_metric=cost_metric, metric=primary, kd_param=kd_param)
     lost = [lp.to_dict() for lp in pairing.lost]
-    numbers = [p.numbers for p in kept]
+    numbers = [p.numbers for p in usable]  # in the order of the overall summary (its outliers index them)
     refused = [lp.to_dict() for lp in pairing.refused]
     # the teacher's weight hash when every KD trial has one (autokd >= 0.2), else its cache key (older trials)
     kd_on = [p.on for p in pairs if p.on.get("teacher")]
@@ -168,12 +168,12 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     teacher_keys = [str(t[field]) for t in kd_on]
     # twins trained by different training numerics (a study resumed across an upgrade), or where one side's is
     # unknown (trained before autokd recorded it) and the other's known
-    sides = [(p.numbers, p.on.get("numerics"), p.off.get("numerics")) for p in kept]
+    sides = [(p.numbers, p.on.get("numerics"), p.off.get("numerics")) for p in usable]
     mixed = [n for n, a, b in sides if a is not None and b is not None and a != b]
     unsure = [n for n, a, b in sides if (a is None) != (b is None)]
     warnings = warnings_for(summary=gain[primary], lost=lost, teacher=teacher, pair_numbers=numbers,
                             collinear=ortho.get("collinear") or [], refused=refused,
-                            unusable=len(pairs) - len(kept), metric=primary, teacher_keys=teacher_keys,
+                            unusable=len(pairs) - len(usable), metric=primary, teacher_keys=teacher_keys,
                             repeats_note=repeats_note, mixed_numerics=mixed, unsure_numerics=unsure)
     design_section = _design_section(design, pairs, kept if use_design else designed, use_design,
                                      margin=float(margin))

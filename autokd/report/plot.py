@@ -127,7 +127,8 @@ def kd_forest_rows(kd: dict[str, Any]) -> dict[str, Any]:
         {"metric", "margin", "unit" ("pairs" or "configurations"),
          "overall": {"mean", "ci_low", "ci_high", "n", "confidence", "method", "word"},
          "techniques": [{"factor", "name", "verdict", "reason", "max_difference", "equivalence_confidence",
-                         "levels": [{"level", "label", "mean", "ci_low", "ci_high", "adjusted", "n"}, ...]}, ...]}
+                         "levels": [{"level", "label", "mean", "ci_low", "ci_high", "adjusted", "n"}, ...]}, ...],
+         "design_pairs": the number of design pairs the techniques' rows come from (None: no design analysed)}
 
     Levels keep the report's order; techniques keep its order (by factor name).
     """
@@ -150,7 +151,9 @@ def kd_forest_rows(kd: dict[str, Any]) -> dict[str, Any]:
             "overall": {"mean": g.get("mean"), "ci_low": g.get("ci_low"), "ci_high": g.get("ci_high"),
                         "n": g.get("n_pairs"), "confidence": g.get("confidence"), "method": g.get("method"),
                         "word": kd.get("overall")},
-            "techniques": techniques}
+            "techniques": techniques,
+            "design_pairs": (kd.get("design") or {}).get("n_pairs")
+            if (kd.get("design") or {}).get("analysed") == "design pairs" else None}
 
 
 def _pts(v: float | None) -> float | None:
@@ -219,8 +222,9 @@ def _forest_caption(rows: dict[str, Any]) -> str:
     eq = next((t["equivalence_confidence"] for t in rows["techniques"] if t.get("equivalence_confidence")), None)
     conf_eq = f"{round(100 * eq)}% " if eq else ""
     return (f"KD gain = {rows['metric']} with KD on − with KD off, paired twins, accuracy points. Overall (diamond): "
-            f"mean, {conf}% {method} interval over {o['n']} {rows['unit']}. Levels: raw mean "
-            f"gain, {LEVEL_INTERVAL} interval (none below 3 {rows['unit']}){adjusted}. "
+            f"mean, {conf}% {method} interval over {o['n']} {rows['unit']}. Levels"
+            + (f" (the design's {rows['design_pairs']} pairs, at its levels)" if rows.get("design_pairs") else "")
+            + f": raw mean gain, {LEVEL_INTERVAL} interval (none below 3 {rows['unit']}){adjusted}. "
             f"Shaded: overall gain ± margin ({100 * margin:.1f} pts). Verdicts (as in the report): orthogonal = every "
             f"difference of KD's gain between the technique's levels has its {conf_eq}interval inside ±margin "
             "(equivalence, Holm-corrected); interacts = the gain is shown to depend on the technique; undetermined "

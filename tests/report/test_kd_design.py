@@ -59,6 +59,10 @@ def test_verdicts_come_from_the_design_pairs_at_the_design_levels():
         hw = f["half_width"]
         assert hw == pytest.approx(max(d["ci_high"] - d["estimate"] for d in f["differences"]))
         assert f["verdict"] == "orthogonal"  # sd 0.4 pts, 24 pairs, no dependence: decided
+    # the sampler's pairs are left out of the model, not unusable; their -20 pts gains are the overall outliers
+    assert not [w for w in kd["warnings"] if "lack a finite" in w]
+    (outliers,) = [w for w in kd["warnings"] if "outlier" in w]
+    assert "48/49" in outliers and "0/1" not in outliers  # named by the pairs' own trial numbers
     d = kd["design"]
     assert d["n_pairs"] == 24 and d["analysed"] == "design pairs" and d["replicates_with_pairs"] == 3
     assert d["levels"] == DESIGN["levels"] and d["estimand"] == "the design's"

@@ -224,7 +224,9 @@ def test_kill_a_design_study_mid_way_and_rerun(tiny_space, tmp_path, space_file)
 
 
 def test_two_workers_share_a_design(tiny_space, tmp_path, space_file):
-    path = space_file(design_space(tiny_space, replicates=2))
+    # replicates: auto: a pilot of 2 replicates (4 points, 3 coefficients) that both workers run, then the plan,
+    # capped by the budget (16 trials: 2 replicates)
+    path = space_file(design_space(tiny_space, replicates="auto", n_trials=16))
     url = f"sqlite:///{tmp_path}/d.db"
     proc = subprocess.run(_search_cmd(path, url, "--workers", "2"), cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=600)
@@ -234,3 +236,6 @@ def test_two_workers_share_a_design(tiny_space, tmp_path, space_file):
     assert_design_whole(trials, points=4, replicates=2)
     workers = {t.user_attrs["worker_id"]["pid"] for t in trials if t.state == TrialState.COMPLETE}
     assert len(workers) == 2
+    plan = study.user_attrs[ATTR_DESIGN]
+    assert plan["how"] == "pilot" and plan["planned"] and plan["pilot_replicates"] == 2 and plan["replicates"] == 2
+    assert plan["pilot_pairs"] == 8 and plan["budget_replicates"] == 2
