@@ -29,6 +29,11 @@ Cells:
     single       as constant, with width as the only factor
 
     python bench/orthogonality.py [--reps 2000] [--perms 499] [--quick] [--jobs 1] [--seed 0]
+                                  [--design-only | --no-design]
+
+By default the designed procedure of ``bench/orthogonality_design.py`` (design, internal pilot, plan, analysis)
+runs after these cells, with the same --quick, --jobs and --seed, and its keys are appended to the last line;
+``--design-only`` runs only it (its keys alone), ``--no-design`` skips it.
 
 The last line is ``coverage_min=... false_blame=... false_orthogonal=... power40=... orthogonal_null40=...``:
 
@@ -199,6 +204,23 @@ def _f(x: float, width: int = 5) -> str:
     return f"{'-':>{width}}" if not math.isfinite(x) else f"{x:{width}.3f}"
 
 
+def run_design(args: argparse.Namespace) -> str:
+    """bench/orthogonality_design.py's main (same --quick, --jobs, --seed); its last line's keys as one string."""
+    import importlib.util
+
+    name = "bench_orthogonality_design"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "orthogonality_design.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    module = sys.modules[name]
+    print(flush=True)
+    out = module.main(["--jobs", str(args.jobs), "--seed", str(args.seed)] + (["--quick"] if args.quick else []))
+    return " ".join(f"{k}={out[k]:.3f}" if math.isfinite(out[k]) else f"{k}=nan" for k in module.KEYS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2000, help="replications per cell and n (default 2000)")
@@ -206,7 +228,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="300 replications, 199 resamples")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--design-only", action="store_true", help="only bench/orthogonality_design.py")
+    which.add_argument("--no-design", action="store_true", help="skip bench/orthogonality_design.py")
     args = ap.parse_args()
+    if args.design_only:
+        print(run_design(args))
+        return
     reps, perms = (300, 199) if args.quick else (args.reps, args.perms)
     start = time.perf_counter()
     tasks = [(cell, n, reps, perms, args.seed) for cell in CELLS for n in SIZES]
@@ -286,8 +314,11 @@ def main() -> None:
     print(f"Monte-Carlo SE at {reps} replications: coverage_min +-{se(coverage_min):.3f}, power40 "
           f"+-{se(power40):.3f}, orthogonal_null40 +-{se(orth_null40):.3f}")
     print(f"runtime {elapsed:.0f} s ({args.jobs} process{'es' if args.jobs > 1 else ''})")
-    print(f"coverage_min={coverage_min:.3f} false_blame={false_blame:.3f} false_orthogonal={false_orth:.3f} "
-          f"power40={power40:.3f} orthogonal_null40={orth_null40:.3f}")
+    line = (f"coverage_min={coverage_min:.3f} false_blame={false_blame:.3f} false_orthogonal={false_orth:.3f} "
+            f"power40={power40:.3f} orthogonal_null40={orth_null40:.3f}")
+    print(line, flush=True)
+    if not args.no_design:
+        print(line + " " + run_design(args))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "data"
 SPACE = REPO / "spaces" / "mobilenet.yaml"
-FIXED = ["distill.kd=true"]
+FIXED = ["distill.kd=true", "search.design=null"]  # one KD setting, the sampler alone (a design needs twins)
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 CHECKPOINTS = (10, 25, 50, 100)
 COST_KEYS = ("flops", "bitops", "size_bytes", "params")
