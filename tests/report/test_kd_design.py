@@ -120,3 +120,11 @@ def test_precision_at_the_target_is_not_yet_a_decision():
     assert 0.14 < undetermined_at_target(5) < 0.19
     assert 0.22 < undetermined_at_target(9) < 0.28
     assert undetermined_at_target(3) < undetermined_at_target(5) < undetermined_at_target(9)
+
+
+def test_a_d_optimal_design_says_its_differences_are_not_clear_of_interactions():
+    full = kd_analysis(study(), margin=0.01, design=DESIGN, n_perm=1)
+    assert full["design"]["caveat"] is None and not [w for w in full["warnings"] if "D-optimal" in w]
+    dopt = kd_analysis(study(), margin=0.01, design={**DESIGN, "kind": "d_optimal"}, n_perm=1)
+    assert "two-technique interactions" in dopt["design"]["caveat"]
+    assert dopt["design"]["caveat"] in dopt["warnings"]
