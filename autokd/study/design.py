@@ -152,9 +152,9 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
             asked = known.get("asked")
         else:
             asked, sizing = _size_from_pilot(study, space, design, pilot)
-        record.update(how="pilot", **sizing)
         if asked is None:  # the pilot could not be analysed: spend the design's share of the budget
             asked = budget
+        record.update(how="pilot", asked=int(asked), **sizing)
     run = min(int(asked), budget)
     record.update(replicates=run, cut=run < asked)
     return run, True, record

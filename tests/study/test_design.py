@@ -98,6 +98,28 @@ def test_one_replicate_at_a_time_and_never_twice(tiny_space):
     assert study.user_attrs[ATTR_DESIGN]["replicates"] == 2
 
 
+def test_an_auto_design_is_sized_once_from_its_pilot(tiny_space):
+    space = space_from_dict(design_space(tiny_space, replicates="auto", n_trials=80))  # the budget holds 10
+    study = new_study()
+    rng = __import__("random").Random(0)
+    for _ in range(2):  # the pilot: 2 replicates of 4 points (3 coefficients need 8 pairs)
+        state = enqueue_design(study, space)
+        assert not state.planned and state.replicates == 2
+        while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            trial = study.ask()
+            cfg = sample(space, trial)
+            acc = 0.9 - (0.0 if cfg.params["distill.kd"] else 0.02 + rng.gauss(0, 0.0005))  # a quiet gain
+            trial.set_user_attr("metrics", {"val_accuracy": acc})
+            study.tell(trial, [acc, 1.0])
+            enqueue_missing_twins(study)
+    first = enqueue_design(study, space)
+    plan = study.user_attrs[ATTR_DESIGN]
+    assert first.planned and plan["how"] == "pilot" and plan["pilot_pairs"] == 8
+    assert 2 <= first.replicates < 10 and plan["asked"] == first.replicates and not plan["cut"]
+    again = enqueue_design(study, space)  # later rounds reuse the recorded plan, not the budget
+    assert again.replicates == first.replicates and study.user_attrs[ATTR_DESIGN]["asked"] == first.replicates
+
+
 def test_a_begun_block_is_completed_after_a_kill(tiny_space):
     space = space_from_dict(design_space(tiny_space, replicates=2))
     study = new_study()
