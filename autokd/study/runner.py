@@ -175,6 +175,7 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 progress("design.wait", running=now.running)
                 time.sleep(ORPHAN_POLL_SECONDS)
                 recover_stale_trials(study, progress=progress)
+                optuna.storages.fail_stale_trials(study)  # a pilot trial of a worker elsewhere that went silent
                 continue
             if now.others_cover(target):
                 result.stopped = "others"
