@@ -107,7 +107,8 @@ except KeyboardInterrupt:
 
 def overrides(args: argparse.Namespace, seed: int, early_stop: bool) -> list[str]:
     """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), ``--sampler``, the given epochs and budget."""
-    return ["distill.kd=false", "search.kd_twins=false", f"search.sampler={args.sampler}", f"search.seed={seed}",
+    return ["distill.kd=false", "search.kd_twins=false", "search.design=null", f"search.sampler={args.sampler}",
+            f"search.seed={seed}",
             f"search.n_trials={args.trials}",
             f"train.epochs={args.epochs}", f"compress.finetune_epochs={args.finetune_epochs}",
             f"search.early_stop={'true' if early_stop else 'false'}", f"name={NAME}"]

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per side (alternating order; fastest kept)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
-    space = load_space("spaces/mobilenet.yaml", overrides=args.overrides)
+    space = load_space("spaces/mobilenet.yaml", overrides=["search.design=null", *args.overrides])  # single pairs
     data = load_dataset(space.dataset)
     with tempfile.TemporaryDirectory() as cache:
         pool = view_pool(space, data)

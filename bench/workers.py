@@ -63,6 +63,7 @@ def bench_space(*, trials: int, epochs: int, finetune_epochs: int, image_size: i
     space["compress"]["finetune_epochs"] = finetune_epochs
     space["search"].update(n_trials=trials, sampler="random")
     space["search"].pop("startup_trials", None)
+    space["search"].pop("design", None)  # no KD, no twins: nothing to design
     return space
 
 
