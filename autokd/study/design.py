@@ -100,7 +100,6 @@ class DesignState:
     """Where the design phase of a study stands (from one read of its trials)."""
 
     replicates: int  # replicates the study will run (planned, within the budget); the pilot only until planned
-    enqueued: int  # replicates whose every point is in the storage
     pending: bool  # a replicate remains that cannot be enqueued yet (the pilot or the current block unfinished)
     planned: bool  # the number of replicates is known (fixed, or planned from the pilot)
     added: int = 0  # trials this call enqueued
@@ -194,21 +193,19 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
     replicates, planned, record = planned_replicates(study, space, design, trials)
     _record(study, design, record, planned, progress)
     have = _originals(trials)
-    enqueued = 0
     for r in range(replicates):
         missing = [i for i in range(design.points) if (r, i) not in have]
         if not missing:
-            enqueued += 1
             continue
         begun = len(missing) < design.points
         if not begun and any(t.state == TrialState.WAITING for (rr, _), ts in have.items() if rr < r for t in ts):
-            return DesignState(replicates, enqueued, True, planned)  # one replicate at a time
+            return DesignState(replicates, True, planned)  # one replicate at a time
         with quiet_optuna():
             for i in missing:
                 study.enqueue_trial(design.params(i), user_attrs={DESIGN_POINT_ATTR: i, REPLICATE_ATTR: r})
         progress("design.enqueue", replicate=r, points=len(missing), replicates=replicates, planned=planned)
-        return DesignState(replicates, enqueued, r + 1 < replicates or not planned, planned, len(missing))
-    return DesignState(replicates, enqueued, not planned, planned)
+        return DesignState(replicates, r + 1 < replicates or not planned, planned, len(missing))
+    return DesignState(replicates, not planned, planned)
 
 
 def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], planned: bool,
