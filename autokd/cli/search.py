@@ -141,6 +141,12 @@ class RichProgress:
         elif event == "design.planned":
             log(f"Design sized from the pilot's {d['pilot_pairs']} pairs: {d['replicates']} replicate(s) for a 90% "
                 f"half-width of {100 * d['target']:.2g} pts per technique.")
+        elif event == "design.topup":
+            if d["asked"] > d["planned"]:
+                log(f"Design re-planned from its {d['pairs']} pairs: a technique missed the {100 * d['target']:.2g}"
+                    f"-pt half-width after {d['planned']} replicate(s); {d['asked']} in all (one top-up).")
+            else:
+                log(f"Design: the {d['planned']} planned replicate(s) reached the target ({d['pairs']} pairs).")
         elif event == "design.cut":
             log(f"[yellow]Design cut at {d['replicates']} replicate(s) of {d['asked']}: search.n_trials holds "
                 f"{d['budget']} replicate(s) of {2 * d['points']} trials (raise it and rerun to run the rest).[/]")

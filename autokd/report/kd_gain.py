@@ -81,6 +81,7 @@ def _design_section(design: Mapping[str, Any] | None, pairs: Sequence[Pair], des
             "margin": margin, "note": design.get("note"), "d_efficiency": design.get("d_efficiency"),
             "held": design.get("held") or {}, "cut": bool(design.get("cut")), "how": design.get("how"),
             "budget_replicates": design.get("budget_replicates"), "asked": design.get("asked"),
+            "planned_replicates": design.get("planned_replicates"), "topup": design.get("topup"),
             "caveat": ALIASED_CAVEAT if design.get("kind") == "d_optimal" else None}
 
 

@@ -18,7 +18,10 @@ goes missing (a point of a begun block that is absent is enqueued again; a retry
 progress event ``design.cut``); the sampler spends the rest. With ``replicates: auto`` the first replicate (the first
 few, when one has fewer pairs than the verdict model needs: :func:`autokd.space.design.min_replicates`) is an
 internal pilot: once all its pairs are done, :func:`autokd.report.plan.replicates_for` sizes the design from the
-pilot's noise (Wittes-Brittain), and the plan is recorded on the study (``autokd.design``).
+pilot's noise (Wittes-Brittain), and the plan is recorded on the study (``autokd.design``). Once the planned
+replicates are done, one top-up re-plans from all their pairs (a technique still above the target gets the
+replicates it still needs; progress event ``design.topup``); until then the design is pending, so the sampler's
+trials cannot take the budget a top-up needs.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ ESTIMAND = ("the mean KD gain difference between a technique's levels, averaged 
             "combinations of the other techniques, each weighted equally (a balanced design: every technique's "
             "levels meet every other's equally often)")
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-_SIZING_KEYS = ("pilot_replicates", "pilot_pairs", "target_half_width", "pilot_fitted", "pairs_per_technique", "pilot_half_width",
-                "pilot_reason")
+_SIZING_KEYS = ("pilot_replicates", "pilot_pairs", "target_half_width", "pilot_fitted", "pairs_per_technique",
+                "pilot_half_width", "pilot_reason")
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,11 @@ def _pilot_done(trials: Sequence[optuna.trial.FrozenTrial], points: int, replica
 
 
 def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
-                       trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, bool, dict[str, Any]]:
-    """(replicates to run, whether that number is final, the plan to record) within ``search.n_trials``."""
+                       trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, bool, bool, dict[str, Any]]:
+    """(replicates to run, whether the number is planned, whether it is final, the plan to record), within
+    ``search.n_trials``. A pilot-sized plan is final once its top-up was decided: when the planned replicates are
+    done, all their pairs are analysed and, if a technique misses the target, the design is re-planned once from
+    them (:func:`autokd.report.plan.topup_replicates`)."""
     spec = space.search.design
     budget = max(1, space.search.n_trials // (2 * design.points))
     record: dict[str, Any] = {"budget_replicates": budget, "target_half_width": spec.target / 100.0,
@@ -140,46 +146,62 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
     if spec.replicates != "auto":
         asked = int(spec.replicates)
         record.update(asked=asked, how="fixed")
+        run = min(asked, budget)
+        record.update(replicates=run, cut=run < asked)
+        return run, True, True, record
+    pilot = design.pilot_replicates
+    record["pilot_replicates"] = pilot
+    if not _pilot_done(trials, design.points, pilot):
+        return pilot, False, False, record
+    known = study.user_attrs.get(ATTR_DESIGN) or {}
+    if known.get("planned") and known.get("how") == "pilot":  # sized once: the pilot does not change
+        sizing = {k: v for k, v in known.items() if k in _SIZING_KEYS}
+        asked = known.get("planned_replicates", known.get("asked"))
     else:
-        pilot = design.pilot_replicates
-        record["pilot_replicates"] = pilot
-        if not _pilot_done(trials, design.points, pilot):
-            return pilot, False, record
-        known = study.user_attrs.get(ATTR_DESIGN) or {}
-        if known.get("planned") and known.get("how") == "pilot":  # sized once: the pilot does not change
-            sizing = {k: v for k, v in known.items() if k in _SIZING_KEYS}
-            asked = known.get("asked")
-        else:
-            asked, sizing = _size_from_pilot(study, space, design, pilot)
-        if asked is None:  # the pilot could not be analysed: spend the design's share of the budget
-            asked = budget
-        record.update(how="pilot", asked=int(asked), **sizing)
+        planned, sizing = _size(study, design, pilot, spec.target / 100.0, margin=spec.margin / 100.0)
+        asked = planned if planned is not None else budget  # the pilot could not be analysed: the design's share
+    record.update(how="pilot", planned_replicates=int(asked), **sizing)
+    topup = known.get("topup") if known.get("how") == "pilot" else None
     run = min(int(asked), budget)
-    record.update(replicates=run, cut=run < asked)
-    return run, True, record
+    if topup is None and (asked >= budget or _pilot_done(trials, design.points, run)):
+        if asked >= budget:  # the budget holds no more: nothing to top up
+            topup = {"asked": int(asked), "reason": "budget"}
+        else:
+            more, sizing2 = _size(study, design, run, spec.target / 100.0, margin=spec.margin / 100.0, topup=run)
+            topup = {"pairs": sizing2["pilot_pairs"], "asked": int(more if more is not None else asked),
+                     "half_width": sizing2["pilot_half_width"]}
+    if topup is not None:
+        record["topup"] = topup
+        asked = max(int(asked), int(topup["asked"]))
+    run = min(int(asked), budget)
+    record.update(asked=int(asked), replicates=run, cut=run < asked)
+    return run, True, topup is not None, record
 
 
-def _size_from_pilot(study: optuna.Study, space: Space, design: StudyDesign,
-                     pilot_replicates: int) -> tuple[int | None, dict[str, Any]]:
-    """Replicates that reach ``search.design`` 's target, sized from the pilot's pairs (Wittes-Brittain)."""
+def _size(study: optuna.Study, design: StudyDesign, replicates: int, target: float, *, margin: float,
+          topup: int | None = None) -> tuple[int | None, dict[str, Any]]:
+    """Replicates that reach ``target``, sized (Wittes-Brittain) from the design pairs of the first ``replicates``
+    replicates: the pilot, or (``topup``: the replicates run so far) the top-up's re-plan."""
     from autokd.report.kd_gain import design_factor_analysis
-    from autokd.report.plan import replicates_for
+    from autokd.report.plan import replicates_for, topup_replicates
     from autokd.study.records import trial_records
 
-    spec = space.search.design
-    pilot = [r for r in trial_records(study) if r.get("replicate", 0) < pilot_replicates]
+    pairs = [r for r in trial_records(study) if r.get("replicate", 0) < replicates]
     # Only the standard errors and their df size the design: no resampling test is needed here.
-    analysis = design_factor_analysis(pilot, factors=[f.path for f in design.factors], margin=spec.margin / 100.0,
-                                      n_perm=1)
+    analysis = design_factor_analysis(pairs, factors=[f.path for f in design.factors], margin=margin, n_perm=1)
     n, p = int(analysis.get("n_pairs") or 0), int(analysis.get("n_coefficients") or 0)
-    replicates, per = replicates_for(analysis.get("factors") or [], n=n, p=p, points=design.points,
-                                     target=spec.target / 100.0)
-    sizing = {"pilot_pairs": n, "target_half_width": spec.target / 100.0, "pilot_fitted": bool(analysis.get("fitted")),
-              "pairs_per_technique": per, "pilot_half_width": {f["factor"]: f.get("half_width")
-                                                               for f in analysis.get("factors") or []}}
+    factors = analysis.get("factors") or []
+    per: dict[str, int | None] = {}
+    if topup is None:
+        replicates_needed, per = replicates_for(factors, n=n, p=p, points=design.points, target=target)
+    else:
+        replicates_needed = topup_replicates(factors, n=n, p=p, points=design.points, target=target,
+                                             replicates=topup) if analysis.get("fitted") else None
+    sizing = {"pilot_pairs": n, "target_half_width": target, "pilot_fitted": bool(analysis.get("fitted")),
+              "pairs_per_technique": per, "pilot_half_width": {f["factor"]: f.get("half_width") for f in factors}}
     if not analysis.get("fitted"):
         sizing["pilot_reason"] = analysis.get("reason")
-    return replicates, sizing
+    return replicates_needed, sizing
 
 
 def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallback = silent,
@@ -190,7 +212,7 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
     if design is None:
         return None
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    replicates, planned, record = planned_replicates(study, space, design, trials)
+    replicates, planned, final, record = planned_replicates(study, space, design, trials)
     _record(study, design, record, planned, progress)
     have = _originals(trials)
     for r in range(replicates):
@@ -204,8 +226,8 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
             for i in missing:
                 study.enqueue_trial(design.params(i), user_attrs={DESIGN_POINT_ATTR: i, REPLICATE_ATTR: r})
         progress("design.enqueue", replicate=r, points=len(missing), replicates=replicates, planned=planned)
-        return DesignState(replicates, r + 1 < replicates or not planned, planned, len(missing))
-    return DesignState(replicates, not planned, planned)
+        return DesignState(replicates, r + 1 < replicates or not final, planned, len(missing))
+    return DesignState(replicates, not final, planned)
 
 
 def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], planned: bool,
@@ -216,9 +238,14 @@ def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], pl
     if current == new:
         return
     study.set_user_attr(ATTR_DESIGN, new)
-    if planned and record.get("cut"):
+    before = current or {}
+    if planned and record.get("cut") and (not before.get("cut") or before.get("asked") != record.get("asked")):
         progress("design.cut", replicates=record["replicates"], asked=record.get("asked"),
                  budget=record["budget_replicates"], points=design.points)
-    if planned and record.get("how") == "pilot" and (current or {}).get("planned") is not True:
-        progress("design.planned", replicates=record["replicates"], pilot_pairs=record.get("pilot_pairs"),
+    if planned and record.get("how") == "pilot" and before.get("planned") is not True:
+        progress("design.planned", replicates=record["planned_replicates"], pilot_pairs=record.get("pilot_pairs"),
                  target=record.get("target_half_width"))
+    topup = record.get("topup")
+    if topup and "pairs" in topup and not before.get("topup"):
+        progress("design.topup", planned=record["planned_replicates"], replicates=record["replicates"],
+                 asked=topup["asked"], pairs=topup["pairs"], target=record.get("target_half_width"))

@@ -120,6 +120,62 @@ def test_an_auto_design_is_sized_once_from_its_pilot(tiny_space):
     assert again.replicates == first.replicates and study.user_attrs[ATTR_DESIGN]["asked"] == first.replicates
 
 
+def _run_block(study, space, rng, sd: float) -> None:
+    """Run every queued trial and its twin as a stub whose KD gain is 2 pts plus N(0, sd) noise."""
+    while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        trial = study.ask()
+        cfg = sample(space, trial)
+        acc = 0.9 - (0.0 if cfg.params["distill.kd"] else 0.02 + rng.gauss(0, sd))
+        trial.set_user_attr("metrics", {"val_accuracy": acc})
+        study.tell(trial, [acc, 1.0])
+        enqueue_missing_twins(study)
+
+
+def test_the_planned_replicates_are_topped_up_once_when_they_miss_the_target(tiny_space):
+    space = space_from_dict(design_space(tiny_space, replicates="auto", n_trials=400))  # the budget holds 50
+    study, rng, events = new_study(), __import__("random").Random(1), []
+    progress = lambda event, **d: events.append((event, d))  # noqa: E731
+    state = enqueue_design(study, space, progress=progress)
+    while not state.planned:  # a pilot of SD 0.4 pts: the plan asks for a few replicates more
+        _run_block(study, space, rng, 0.004)
+        state = enqueue_design(study, space, progress=progress)
+    planned = study.user_attrs[ATTR_DESIGN]["planned_replicates"]
+    assert planned > 2 and state.pending and "topup" not in study.user_attrs[ATTR_DESIGN]
+    while True:  # the planned replicates turn out loud (SD 1.5 pts): they miss the 0.5-pt target
+        _run_block(study, space, rng, 0.015)
+        state = enqueue_design(study, space, progress=progress)
+        if "topup" in study.user_attrs[ATTR_DESIGN]:
+            break
+        assert state.pending, "the design is pending until the top-up is decided"
+    plan = study.user_attrs[ATTR_DESIGN]
+    assert plan["topup"]["pairs"] == 4 * planned
+    assert plan["asked"] == plan["topup"]["asked"] > planned and plan["replicates"] == min(plan["asked"], 50)
+    assert state.pending and state.added == 4  # the first extra replicate is queued
+    assert [d for e, d in events if e == "design.topup"] == [
+        {"planned": planned, "replicates": plan["replicates"], "asked": plan["asked"], "pairs": 4 * planned,
+         "target": 0.005}]
+    while state.pending:  # once only: the extra replicates run, and no second top-up follows
+        _run_block(study, space, rng, 0.015)
+        state = enqueue_design(study, space, progress=progress)
+    _run_block(study, space, rng, 0.015)
+    assert study.user_attrs[ATTR_DESIGN]["topup"] == plan["topup"]
+    assert_design_whole(study.get_trials(), points=4, replicates=plan["replicates"])
+
+
+def test_planned_replicates_that_reach_the_target_are_final(tiny_space):
+    space = space_from_dict(design_space(tiny_space, replicates="auto", n_trials=400))
+    study, rng = new_study(), __import__("random").Random(2)
+    state = enqueue_design(study, space)
+    while state.pending:  # quiet throughout
+        _run_block(study, space, rng, 0.0005)
+        state = enqueue_design(study, space)
+    _run_block(study, space, rng, 0.0005)
+    plan = study.user_attrs[ATTR_DESIGN]
+    assert plan["topup"]["asked"] == plan["planned_replicates"] == plan["replicates"] == plan["asked"]
+    assert all(h <= 0.005 for h in plan["topup"]["half_width"].values())
+    assert_design_whole(study.get_trials(), points=4, replicates=plan["replicates"])
+
+
 def test_a_begun_block_is_completed_after_a_kill(tiny_space):
     space = space_from_dict(design_space(tiny_space, replicates=2))
     study = new_study()
