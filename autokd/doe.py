@@ -30,6 +30,17 @@ drift (e.g. 7/9/8 in 24 runs) and reaches D-efficiency 0.96-0.97 in 3-8 s where 
 not depend on the coding within a factor (treatment dummies span the same columns; det changes by a constant
 factor), so a D-optimal design for this coding is D-optimal for the treatment-coded model too.
 
+**Replicates of a D-optimal design rotate** (:func:`rotate`): replicate r runs every factor's level index shifted by
+r, cyclically. A rotation relabels levels, so each replicate is exactly as balanced and D-efficient as the first,
+but it moves the aliasing of main effects with two-factor interactions, which then averages out over replicates
+instead of repeating: on the demo's 4·3³·2⁵ levels (24 runs) the root mean square alias coefficient of a main
+effect on a two-factor interaction falls from 0.20 (the same rows every replicate) to 0.12, 0.075 and 0.019 over
+2, 4 and 12 replicates (a full cycle, the lcm of the level counts), and a planted t0 x t1 interaction of 1.5 pts
+biases the other techniques' differences by at most 0.23, 0.14, 0.10 and 0.00 pts over 1, 2, 4 and 12 replicates
+(``bench/orthogonality_design.py``'s aliasing check; for 3·2⁴ in 18 runs: 0.17, 0.08, 0.04 pts over 1, 2, 4, and 0
+at every multiple of 3). Full factorials and fractions are clear of two-factor interactions already and repeat
+their rows.
+
 Everything is deterministic for a seed (a numpy Generator). Rows come in a random run order drawn from the seed, as
 DOE practice has it: a design phase cut short keeps a spread-out prefix rather than, say, one level of the first
 factor only.
@@ -174,7 +185,19 @@ def make_design(levels: Sequence[int], *, seed: int, kind: str = "auto", max_ful
         return _full(levels, rng)
     if kind == "fraction":
         return _fraction(levels, rng)
-    return _d_optimal(levels, runs if runs is not None else default_runs(levels), rng)
+    n = runs if runs is not None else default_runs(levels)
+    if n > cells:
+        raise ValueError(f"a {n}-run 'd_optimal' design of {levels_text(levels)} levels would repeat some of its "
+                         f"{cells} cells within a replicate: use kind 'full' (replicates repeat every cell) or at "
+                         f"most {cells} runs")
+    return _d_optimal(levels, n, rng)
+
+
+def rotate(rows: Sequence[Sequence[int]], levels: Sequence[int], shift: int) -> tuple[tuple[int, ...], ...]:
+    """``rows`` with every factor's level index shifted by ``shift`` cyclically (level l of a k-level factor becomes
+    (l + shift) mod k): the rows of replicate ``shift`` of a rotated design (see the module docstring)."""
+    levels = tuple(int(k) for k in levels)
+    return tuple(tuple((int(v) + shift) % k for v, k in zip(r, levels, strict=True)) for r in rows)
 
 
 def levels_text(levels: Sequence[int]) -> str:
@@ -272,9 +295,12 @@ def _d_optimal(levels: tuple[int, ...], n: int, rng: np.random.Generator) -> Des
     for _ in range(restarts):
         a = np.column_stack([rng.permutation(np.resize(rng.permutation(k), n)) for k in levels])
         a, logdet = _exchange(a, levels, max_visits)
-        if logdet > best_logdet + 1e-12:
+        a, logdet = _distinct_runs(a, levels, logdet)
+        if len({tuple(r) for r in a}) == n and logdet > best_logdet + 1e-12:
             best, best_logdet = a, logdet
-    assert best is not None
+    if best is None:
+        raise ValueError(f"no {n}-run design of {levels_text(levels)} levels without a repeated run was found: "
+                         f"ask for fewer runs or kind 'full'")
     p = n_parameters(levels)
     rank = int(np.linalg.matrix_rank(model_matrix(best, levels)))
     if rank < p:
@@ -287,6 +313,36 @@ def _d_optimal(levels: tuple[int, ...], n: int, rng: np.random.Generator) -> Des
     return Design("d_optimal", tuple(tuple(int(v) for v in r) for r in best), None,
                   f"D-optimal near-balanced {n}-run design for {levels_text(levels)} levels ({why}); "
                   f"D-efficiency {eff:.3f}", eff)
+
+
+def _distinct_runs(a: np.ndarray, levels: tuple[int, ...], logdet: float) -> tuple[np.ndarray, float]:
+    """Make every run distinct (the study would prune a repeated run of a replicate as a duplicate, and it would have
+    the same random streams anyway): while two runs are equal, take the within-column swap that makes more runs
+    distinct and keeps det(X'X) highest. Balance is kept; a few swaps at most (the exchange rarely repeats a run)."""
+    n = len(a)
+    for _ in range(2 * n):
+        distinct = len({tuple(r) for r in a})
+        if distinct == n:
+            break
+        seen: set[tuple[int, ...]] = set()
+        dup = next(r for r in range(n) if tuple(a[r]) in seen or seen.add(tuple(a[r])))
+        best, best_ld = None, -np.inf
+        for j in range(len(levels)):
+            for b in range(n):
+                if a[b, j] == a[dup, j]:
+                    continue
+                a[dup, j], a[b, j] = a[b, j], a[dup, j]
+                if len({tuple(r) for r in a}) > distinct:
+                    sign, ld = np.linalg.slogdet(model_matrix(a, levels).T @ model_matrix(a, levels))
+                    if sign > 0 and ld > best_ld:
+                        best, best_ld = (j, b), ld
+                a[dup, j], a[b, j] = a[b, j], a[dup, j]
+        if best is None:
+            break
+        j, b = best
+        a[dup, j], a[b, j] = a[b, j], a[dup, j]
+        logdet = float(best_ld)
+    return a, logdet
 
 
 def _exchange(a: np.ndarray, levels: tuple[int, ...], max_visits: int) -> tuple[np.ndarray, float]:

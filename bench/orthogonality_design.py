@@ -131,7 +131,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autokd.report.orthogonality import analyze  # noqa: E402
-from autokd.report.plan import replicates_for, undetermined_at_target  # noqa: E402
+from autokd.report.plan import replicates_for, topup_replicates, undetermined_at_target  # noqa: E402
 from autokd.report.stats import t_interval  # noqa: E402
 
 MARGIN = 0.01
@@ -202,10 +202,24 @@ def _dummies(D: np.ndarray, levels: tuple[int, ...] | list[int]) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
+@lru_cache(maxsize=None)
 def design_rows(levels: tuple[int, ...], seed: int = 0) -> tuple[str, tuple[tuple[int, ...], ...]]:
     make, _ = _doe()
     d = make(list(levels), seed=seed)
     return str(d.kind), tuple(tuple(int(v) for v in r) for r in d.rows)
+
+
+def replicate_rows(levels: tuple[int, ...], rows: tuple[tuple[int, ...], ...], replicates: int,
+                   rotates: bool | None = None) -> np.ndarray:
+    """The rows of ``replicates`` replicates as the study runs them: a D-optimal design's replicate r rotated by r
+    (``autokd.doe.rotate``; ``rotates`` None: when ``design_rows(levels)`` is D-optimal), others repeated."""
+    if rotates is None:
+        rotates = design_rows(tuple(levels))[0] == "d_optimal"
+    if not rotates:
+        return np.tile(np.array(rows, dtype=int), (replicates, 1))
+    from autokd.doe import rotate
+
+    return np.vstack([np.array(rotate(rows, levels, r), dtype=int) for r in range(replicates)])
 
 
 # ----------------------------------------------------------------------------------------------------- truth
@@ -318,19 +332,25 @@ def _factors(D: np.ndarray) -> dict[str, list[int]]:
 
 def run_cell(cell: Cell, reps: int, *, perms: int = 1, seed: int = 0, start: int = 0,
              rows: tuple[tuple[int, ...], ...] | None = None, cap: int = CAP, sizer: Any = None,
-             topup: bool = False) -> dict[str, Any]:
+             topup: bool = True) -> dict[str, Any]:
     """Replications ``start`` .. ``start + reps - 1`` of ``cell``; sums of the counts (merge with :func:`merge`).
-    Experiments only (the bench's numbers use neither): ``sizer``, a stand-in for ``replicates_for``; ``topup``,
-    when the planned replicates miss the target, plan once more from all their pairs and run the extra replicates."""
+    ``topup``: as the study does, when the planned replicates miss the target, plan once more from all their pairs
+    (``plan.topup_replicates``) and run the extra replicates. Experiments only: ``sizer``, a stand-in for
+    ``replicates_for``, and ``topup=False``."""
     levels = cell.levels
     if rows is None:
         rows = design_rows(levels)[1]
     D1 = np.array(rows, dtype=int)
     L, k = D1.shape
     R0 = pilot_replicates(L, levels)
-    mean1 = truth_gain(cell.truth, D1, levels)
-    truth_d = true_differences(cell.truth, D1, levels)
-    overall = float(mean1.mean())
+    D = replicate_rows(levels, tuple(map(tuple, D1)), cap)
+    mean_all = truth_gain(cell.truth, D, levels)
+
+    @lru_cache(maxsize=None)
+    def estimands(n: int) -> tuple[dict, float]:  # over the rows the study ran (rotated replicates differ)
+        return true_differences(cell.truth, D[:n], levels), float(mean_all[:n].mean())
+
+    custom = sizer is not None
     sizer = sizer or replicates_for
     c: dict[str, Any] = {"cell": cell, "reps": 0, "cov": 0, "cov_n": 0, "cov_t": [0] * k, "cov_t_n": [0] * k,
                          "cov95": 0, "reached": 0, "orth0": 0, "R": [], "capped": 0, "unsized": 0, "fitted": 0,
@@ -340,8 +360,7 @@ def run_cell(cell: Cell, reps: int, *, perms: int = 1, seed: int = 0, start: int
     cell_id = sum(ord(ch) * 31 ** i for i, ch in enumerate(cell.name)) % (2 ** 31)
     for rep in range(start, start + reps):
         rng = np.random.default_rng([seed, cell_id, rep])
-        D = np.tile(D1, (cap, 1))
-        gains = np.tile(mean1, cap) + noise(cell.noise, cell.sigma, D, rng)
+        gains = mean_all + noise(cell.noise, cell.sigma, D, rng)
         n0 = R0 * L
         pilot = analyze(gains[:n0], _factors(D[:n0]), margin=MARGIN, exact_levels=True, min_level_pairs=1, n_perm=1)
         R = None
@@ -360,7 +379,11 @@ def run_cell(cell: Cell, reps: int, *, perms: int = 1, seed: int = 0, start: int
         res = analyze(gains[:n], _factors(D[:n]), margin=MARGIN, alpha=ALPHA, exact_levels=True, min_level_pairs=1,
                       n_perm=perms, seed=rep)
         if topup and R < cap and res["fitted"] and any(f["half_width"] > TARGET for f in res["factors"]):
-            R2, _ = sizer(res["factors"], n=n, p=res["n_coefficients"], points=L, target=TARGET)
+            if custom:
+                R2, _ = sizer(res["factors"], n=n, p=res["n_coefficients"], points=L, target=TARGET)
+            else:
+                R2 = topup_replicates(res["factors"], n=n, p=res["n_coefficients"], points=L, target=TARGET,
+                                      replicates=R)
             if R2 is not None and R2 > R:
                 capped = capped or R2 > cap
                 R = min(R2, cap)
@@ -369,6 +392,7 @@ def run_cell(cell: Cell, reps: int, *, perms: int = 1, seed: int = 0, start: int
                 res = analyze(gains[:n], _factors(D[:n]), margin=MARGIN, alpha=ALPHA, exact_levels=True,
                               min_level_pairs=1, n_perm=perms, seed=rep)
         c["reps"] += 1
+        truth_d, overall = estimands(n)
         lo, hi = t_interval(gains[:n], confidence=0.95)
         c["cov95"] += lo <= overall <= hi
         if not res["fitted"]:
@@ -480,8 +504,8 @@ def variant_sizer(scale: str = "n", assurance: float = 0.90, df_factor: float = 
 
 
 EXPERIMENT_VARIANTS = {  # name -> (scale of variant_sizer or None for plan.py itself, top-up, df factor)
-    "plan.py": (None, False, 1.0), "lev": ("lev", False, 1.0), "lev+topup": ("lev", True, 1.0),
-    "plan.py+topup": (None, True, 1.0), "lev+df/3": ("lev", False, 1 / 3)}
+    "plan.py": (None, False, 1.0), "plan.py+topup": (None, True, 1.0), "n": ("n", False, 1.0),
+    "lev+df/3": ("lev", False, 1 / 3), "lev+df/3+topup": ("lev", True, 1 / 3)}
 EXPERIMENT_CELLS = (Cell("3t", "null", "t3", 2.0), Cell("2^6", "null", "t3", 2.0), Cell("5t", "null", "t3", 2.0),
                     Cell("9t", "null", "t3", 1.0), Cell("9t", "null", "normal", 1.0), Cell("9t", "null", "normal", 0.5))
 
@@ -516,12 +540,11 @@ def design_first_reach(levels: tuple[int, ...], rows: tuple[tuple[int, ...], ...
                        seed: int = 0, cap: int = CAP) -> list[int]:
     """Per replication, the pairs (whole replicates) at which every technique's half_width first is <= h (null
     truth, normal noise); cap * L + 1 when never."""
-    D1 = np.array(rows, dtype=int)
-    L = len(D1)
+    L = len(rows)
+    D = replicate_rows(levels, tuple(map(tuple, rows)), cap)
     out = []
     for rep in range(reps):
         rng = np.random.default_rng([seed, 777, rep])
-        D = np.tile(D1, (cap, 1))
         gains = MU + noise("normal", sigma, D, rng)
         first = cap * L + 1
         for R in range(pilot_replicates(L, levels), cap + 1):
@@ -775,9 +798,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if cell.truth == "inter":
             m = raw[cell]
             cov_t = [a / b if b else float("nan") for a, b in zip(m["cov_t"], m["cov_t_n"])]
-            bias = aliasing_bias(cell, designs[cell.structure][1])
+            base = designs[cell.structure][1]
+            R = max(1, round(cov[cell]["R_mean"]))
+            bias1 = aliasing_bias(cell, base)
+            biasR = aliasing_bias(cell, tuple(map(tuple, replicate_rows(cell.levels, base, R))))
             print(f"{cell.name}: cov90 per technique " + " ".join(_f(v, 4) for v in cov_t)
-                  + "; aliasing bias of the main effects (pts) " + " ".join(f"{100 * b:.2f}" for b in bias))
+                  + "; aliasing bias of the main effects (pts), 1 replicate: " + " ".join(f"{100 * b:.2f}" for b in bias1)
+                  + f"; {R} (rotated) replicates: " + " ".join(f"{100 * b:.2f}" for b in biasR))
     print(f"\nverdict-rate cells: {args.rate_reps} replications, {args.perms} sign-flip resamples; P(undetermined) per "
           f"technique t0..; und.0 = max over techniques with true differences 0, und.big = with one >= 1.5 m")
     for cell in rate_cells_:

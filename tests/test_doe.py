@@ -4,13 +4,14 @@ resolution, estimable, deterministic for a seed, and fast."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter as Counter_
 import math
 import time
 
 import numpy as np
 import pytest
 
-from autokd.doe import Design, d_efficiency, default_runs, make_design, model_matrix, n_parameters
+from autokd.doe import Design, contrasts, d_efficiency, default_runs, make_design, model_matrix, n_parameters, rotate
 
 DEMO = (4, 3, 3, 3, 2, 2, 2, 2, 2)
 SMALL_MIXED = (3, 3, 2, 2, 2)
@@ -231,3 +232,56 @@ def test_bad_input_is_a_clear_value_error(levels, kwargs, match):
 def test_bad_seed_is_a_value_error(seed):
     with pytest.raises(ValueError, match="seed"):
         make_design(DEMO, seed=seed)
+
+
+# --- rotated replicates -----------------------------------------------------------------------------------
+
+
+def _alias_rms(rows, levels) -> float:
+    """Root mean square coefficient of the main-effects fit to every two-factor interaction column (0: main
+    effects clear of two-factor interactions)."""
+    a = np.asarray(rows)
+    cols = [contrasts(k)[a[:, j]] for j, k in enumerate(levels)]
+    z = np.column_stack([u * v for i, j in itertools.combinations(range(len(levels)), 2)
+                         for u in cols[i].T for v in cols[j].T])
+    coef = np.linalg.lstsq(model_matrix(rows, levels), z, rcond=None)[0][1:]
+    return float(np.sqrt((coef ** 2).mean()))
+
+
+def test_a_rotation_relabels_levels_keeping_balance_and_efficiency():
+    levels = (4, 3, 3, 3, 2, 2, 2, 2, 2)
+    d = make_design(levels, seed=0, kind="d_optimal")
+    assert rotate(d.rows, levels, 0) == d.rows
+    assert rotate(d.rows, levels, math.lcm(*levels)) == d.rows  # a full cycle comes back
+    for shift in (1, 2, 5):
+        r = rotate(d.rows, levels, shift)
+        assert r != d.rows and d_efficiency(r, levels) == pytest.approx(d.d_efficiency, abs=1e-12)
+        for j, k in enumerate(levels):
+            assert sorted(row[j] for row in r) == sorted(row[j] for row in d.rows)
+            assert all(row[j] == (old[j] + shift) % k for row, old in zip(r, d.rows))
+
+
+@pytest.mark.parametrize("levels", [(4, 3, 3, 3, 2, 2, 2, 2, 2), (3, 2, 2, 2, 2)])
+def test_rotated_replicates_average_the_aliasing_with_interactions_out(levels):
+    rows = make_design(levels, seed=0, kind="d_optimal").rows
+    repeated = _alias_rms(rows * 4, levels)
+    rotated = [_alias_rms([r for s in range(n) for r in rotate(rows, levels, s)], levels) for n in (2, 4)]
+    assert repeated > 0.1  # one D-optimal replicate is not clear of two-factor interactions
+    assert rotated[0] < 0.75 * repeated and rotated[1] < 0.5 * repeated
+    cycle = math.lcm(*levels)
+    full = _alias_rms([r for s in range(cycle) for r in rotate(rows, levels, s)], levels)
+    assert full < 0.1 * repeated
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_d_optimal_never_repeats_a_run(seed):
+    # the exchange alone repeated a run of 3x2^4 in 18 runs for seeds 1 and 2 (the study would prune it)
+    d = make_design((3, 2, 2, 2, 2), seed=seed, kind="d_optimal")
+    assert len(set(d.rows)) == len(d.rows) == 18
+    for j, k in enumerate((3, 2, 2, 2, 2)):
+        assert sorted(Counter_(r[j] for r in d.rows).values()) == [18 // k] * k
+
+
+def test_d_optimal_with_more_runs_than_cells_is_a_clear_error():
+    with pytest.raises(ValueError, match="repeat some of its 4 cells"):
+        make_design((2, 2), seed=0, kind="d_optimal")

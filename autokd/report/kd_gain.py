@@ -57,12 +57,13 @@ def _gain_summary(pairs: Sequence[Pair], metric: str, *, seed: int) -> dict[str,
     return summary
 
 
-# Measured by bench/orthogonality_design.py: a planted t0 x t1 interaction of 1.5 margins biased other techniques'
-# differences by up to 0.17 pts (5 techniques, 18 points) and 0.23 pts (9 techniques, 24 points), and the 90%
-# intervals of the most affected technique covered 0.14 of the time at many replicates.
-ALIASED_CAVEAT = ("The design is D-optimal for main effects: its techniques' differences are not clear of "
-                  "two-technique interactions in the gain, so where two techniques interact, a third one's verdict can "
-                  "be biased (a 1.5-pt interaction moved other differences by up to 0.23 pts in simulation); a full "
+# Measured by bench/orthogonality_design.py (autokd.doe's module docstring has the numbers): a planted t0 x t1
+# interaction of 1.5 margins biased other techniques' differences by up to 0.23 pts with one replicate of the demo's
+# 24-point design; rotated replicates average that aliasing out (0.10 pts at 4 replicates, 0 at a full cycle of 12).
+ALIASED_CAVEAT = ("The design is D-optimal for main effects: one replicate's technique differences are not clear of "
+                  "two-technique interactions in the gain, so where two techniques interact a third one's verdict can "
+                  "be biased (a 1.5-pt interaction moved other differences by up to 0.23 pts in simulation); "
+                  "replicates rotate the levels, which averages that bias out (0.10 pts at 4 replicates); a full "
                   "factorial or a resolution-IV fraction has no such bias.")
 
 

@@ -68,14 +68,29 @@ class StudyDesign:
         """Replicates the pilot of ``replicates: auto`` takes: the fewest the verdict model can be fitted to."""
         return min_replicates(self.points, [len(f.levels) for f in self.factors])
 
-    def params(self, i: int) -> dict[str, Any]:
-        """The params of design point ``i`` (KD on; its twin runs it with KD off)."""
-        values = {f.path: f.levels[j] for f, j in zip(self.factors, self.rows[i])}
+    @property
+    def rotates(self) -> bool:
+        """Whether replicates rotate the levels (:func:`autokd.doe.rotate`): a D-optimal design's main effects are
+        not clear of two-factor interactions, and rotating moves that aliasing so it averages out over replicates;
+        full factorials and resolution-IV fractions are clear already and repeat their rows."""
+        return self.kind == "d_optimal"
+
+    def row(self, i: int, replicate: int = 0) -> tuple[int, ...]:
+        """The level indices of design point ``i`` in ``replicate``."""
+        if not self.rotates or not replicate:
+            return self.rows[i]
+        from autokd.doe import rotate
+
+        return rotate([self.rows[i]], [len(f.levels) for f in self.factors], replicate)[0]
+
+    def params(self, i: int, replicate: int = 0) -> dict[str, Any]:
+        """The params of design point ``i`` in ``replicate`` (KD on; its twin runs it with KD off)."""
+        values = {f.path: f.levels[j] for f, j in zip(self.factors, self.row(i, replicate), strict=True)}
         return {**values, **self.held, KD_PARAM: True}
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description (the study's ``autokd.design`` attribute and the report's ``kd.design``)."""
-        return {"kind": self.kind, "levels": {f.path: list(f.levels) for f in self.factors},
+        return {"kind": self.kind, "levels": {f.path: list(f.levels) for f in self.factors}, "rotates": self.rotates,
                 "points": self.points, "note": self.note, "d_efficiency": self.d_efficiency,
                 "held": dict(self.held), "estimand": ESTIMAND}
 
@@ -224,7 +239,7 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
             return DesignState(replicates, True, planned)  # one replicate at a time
         with quiet_optuna():
             for i in missing:
-                study.enqueue_trial(design.params(i), user_attrs={DESIGN_POINT_ATTR: i, REPLICATE_ATTR: r})
+                study.enqueue_trial(design.params(i, r), user_attrs={DESIGN_POINT_ATTR: i, REPLICATE_ATTR: r})
         progress("design.enqueue", replicate=r, points=len(missing), replicates=replicates, planned=planned)
         return DesignState(replicates, r + 1 < replicates or not final, planned, len(missing))
     return DesignState(replicates, not final, planned)

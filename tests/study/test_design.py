@@ -176,6 +176,29 @@ def test_planned_replicates_that_reach_the_target_are_final(tiny_space):
     assert_design_whole(study.get_trials(), points=4, replicates=plan["replicates"])
 
 
+def test_replicates_of_a_d_optimal_design_rotate_its_levels(tiny_space):
+    data = design_space(tiny_space, replicates=2, n_trials=24)
+    data["compress"]["prune_ratio"] = {"choices": [0.0, 0.25, 0.5]}
+    data["search"]["design"].update(kind="d_optimal", runs=6)  # 6 of the 6 cells, so rotation is easy to follow
+    space = space_from_dict(data)
+    design = build_design(space)
+    assert design.kind == "d_optimal" and design.rotates
+    study = new_study()
+    for _ in range(2):
+        enqueue_design(study, space)
+        complete_waiting(study, space)
+        enqueue_missing_twins(study)
+        complete_waiting(study, space)
+    trials = [t for t in study.get_trials() if DESIGN_POINT_ATTR in t.user_attrs and "twin_of" not in t.user_attrs]
+    by = {(t.user_attrs[REPLICATE_ATTR], t.user_attrs[DESIGN_POINT_ATTR]): t.params for t in trials}
+    paths = [f.path for f in design.factors]
+    for i in range(design.points):
+        first, second = ([design.factors[j].levels.index(by[r, i][p]) for j, p in enumerate(paths)] for r in (0, 1))
+        assert first == list(design.rows[i])
+        assert second == [(v + 1) % len(f.levels) for v, f in zip(design.rows[i], design.factors)]
+    assert_design_whole(study.get_trials(), points=design.points, replicates=2)
+
+
 def test_a_begun_block_is_completed_after_a_kill(tiny_space):
     space = space_from_dict(design_space(tiny_space, replicates=2))
     study = new_study()
