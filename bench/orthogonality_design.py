@@ -57,48 +57,23 @@ design_false_orthogonal=... design_undetermined5=... sampler_pairs_ratio=...``:
   true difference of 0 or >= 1.5 m (<= 0.20);
 * sampler_pairs_ratio: GP pairs / design pairs to reach h (nan with --smoke or --gp-seeds 0).
 
-RESULTS (2000 replications, seed 0, --jobs 2 on a 2-core machine shared with other work: 1946 s wall, 38 min CPU;
---quick 231 s, --smoke 3 s). Designs: 2^3 full factorial (8 points; pilot 2 replicates, see PILOT), 2^(6-2) fraction
-(16), D-optimal 18 for 3x2^4 and 24 for 4x3^3x2^5. Last line: design_coverage_min=0.714
-design_overall_coverage_min=0.940 design_reached_min=0.831 design_false_orthogonal=0.000 design_undetermined5=0.018
-sampler_pairs_ratio=2.490.
+RESULTS (2000 replications, seed 0, --jobs 2 on a quiet 2-core machine: 804 s wall). Designs: 2^3 full factorial (8
+points; pilot 2 replicates, see PILOT), 2^(6-2) fraction (16), D-optimal 18 for 3x2^4 and 24 for 4x3^3x2^5, whose
+replicates rotate their levels (autokd.doe.rotate). The procedure is the study's: pilot, plan, one top-up. Last line:
+design_coverage_min=0.896 design_overall_coverage_min=0.940 design_reached_min=0.959 design_false_orthogonal=0.000
+design_undetermined5=0.013 sampler_pairs_ratio=2.264.
 
-* 90% level-difference intervals cover 0.898-0.924 in every cell but the interaction cells of the D-optimal designs:
-  5t 0.867 (its technique t3: 0.579), 9t 0.714 (per technique down to 0.139). A D-optimal main-effects design does
-  not keep main effects orthogonal to two-factor interactions: the planted t0 x t1 interaction (1.5 m) biases other
-  techniques' main effects by up to 0.17 pts (5t) and 0.23 pts (9t) (``aliasing_bias``, printed), a bias that does
-  not shrink with replicates while the intervals do. The full factorial and the resolution-IV fraction have no such
-  bias and cover 0.919 / 0.924. This is the design, not plan.py.
-* P(reached) >= 0.914 in every cell but 3t/null/t3/s2 (0.831); the t3 cells are the lowest (3t/t3/s1 0.914,
-  2^6/t3/s2 0.926): heavy tails. A small
-  pilot (16 pairs) without an outlier underestimates the variance (the usual case for t3), and nothing in it shows
-  that (its residual kurtosis looks normal too), so the F(nu_N, nu) assurance, which assumes normal variance
-  estimates, under-sizes; the final analysis at 4x as many pairs (sigma = 2 m) sees the outliers. Uncut plans of
-  that cell reach h in 0.73 of replications (plans cut at the cap in 0.965).
-* plan.py over-sizes with normal errors: reached 0.97-1.00 and the cap binds in 34-98% of the sigma >= 1 m cells of
-  the 9-technique design (mean 31 replicates where the design first reaches h at 5 (120 pairs)). Two causes: the
-  pilot's HC3 variance at leverage p / n is biased up by n / (n - p) (2.7x with 24 pairs and 15 coefficients), which
-  ``_predicted``'s n / N scaling carries to N; and F_0.90(nu_N, nu) with pilot df nu = 6-12 (1.9-2.8x).
-  ``--experiment 400 --seed 7 --jobs 2`` compares local variants (reached / mean replicates; 260 s):
-
-      cell               plan.py     lev (n-p)/(N-p)  lev + top-up  plan.py + top-up  lev + df nu/3
-      3t/null/t3/s2      0.833 31.4  0.745 27.4       0.968 30.4    0.968 33.2        0.915 36.3
-      2^6/null/t3/s2     0.925 26.7  0.755 18.6       0.980 20.3    0.993 27.3        0.968 30.9
-      5t/null/t3/s2      0.940 33.9  0.815 27.3       0.990 29.4    0.988 34.5        0.973 38.0
-      9t/null/t3/s1      0.988 25.6  0.892 12.9       0.998 13.5    1.000 25.7        0.998 29.6
-      9t/null/normal/s1  1.000 31.0  0.978 14.7       1.000 14.8    1.000 31.0        1.000 34.6
-      9t/null/normal/s.5 1.000 10.2  0.998  4.9       1.000  4.9    1.000 10.2        1.000 13.5
-
-  (top-up: when the planned replicates miss h, plan once more from all their pairs and run the difference; coverage
-  stayed 0.895-0.926 in every variant.) Within plan.py alone, an F df of nu / 3 fixes the heavy-tailed cells at
-  10-15% more replicates than now; a kurtosis-based df (nu min(1, 2 / (k - 1)), ``variant_sizer(kurtosis=True)``)
-  did not help (0.760 in 3t/t3/s2 and 2^6/t3/s2).
-* Verdicts: P(orthogonal) for a 1.5 m difference 0.000 in every cell; P(undetermined) with 5 techniques <= 0.018
-  (the over-sized plans put half-widths well below h; plan.undetermined_at_target: 0.134 / 0.167 / 0.249 for
-  k = 3 / 5 / 9 at exactly h).
-* Side by side (sigma = m, null truth): the demo design first reaches h at 120 pairs (median; IQR 120-144); 150
-  GP-chosen configurations never reached it in 30 of 30 (seed, noise) runs; extrapolated from their half-widths at 150
-  pairs, medians 260 / 306 / 299 over seeds -> ratio 2.49 (GP ~0.8 s per trial here).
+* 90% level-difference intervals cover 0.896-0.929 in every cell, the interaction cells included (5t 0.922, 9t
+  0.914). One replicate of a D-optimal design is not clear of two-factor interactions (the planted t0 x t1 one
+  biases others by up to 0.17 pts (5t) and 0.23 pts (9t) at one replicate: ``aliasing_bias``, printed), but the
+  rotated replicates average it out (0.00 over the 12-15 replicates these cells run). Before rotation and the top-up
+  (the previous bench run): 0.848 (5t) and 0.697 (9t).
+* P(reached) >= 0.959 in every cell (3t/null/t3/s2 the lowest); the plan alone reached 0.75-0.89 with t3 noise, and
+  the top-up catches those. Mean replicates: 14.6 for 9t at sigma = m (34.6 before, with the kurtosis discount).
+* Verdicts: P(orthogonal) for a 1.5 m difference 0.000 in every cell; P(undetermined) with 5 techniques <= 0.013.
+* Side by side (sigma = m, null truth): the demo design first reaches h at 132 pairs (median; IQR 120-144); 150
+  GP-chosen configurations never reached it in 30 of 30 (seed, noise) runs; extrapolated, medians 260 / 306 / 299
+  over seeds -> ratio 2.26.
 
 PILOT: the pilot is the fewest whole replicates the verdict model can be fitted to
 (:func:`autokd.space.design.min_replicates`, as ``autokd/study/design.py`` runs it): 2 for the 2^3 factorial (one

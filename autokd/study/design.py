@@ -254,9 +254,6 @@ def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], pl
         return
     study.set_user_attr(ATTR_DESIGN, new)
     before = current or {}
-    if planned and record.get("cut") and (not before.get("cut") or before.get("asked") != record.get("asked")):
-        progress("design.cut", replicates=record["replicates"], asked=record.get("asked"),
-                 budget=record["budget_replicates"], points=design.points)
     if planned and record.get("how") == "pilot" and before.get("planned") is not True:
         progress("design.planned", replicates=record["planned_replicates"], pilot_pairs=record.get("pilot_pairs"),
                  target=record.get("target_half_width"))
@@ -264,3 +261,6 @@ def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], pl
     if topup and "pairs" in topup and not before.get("topup"):
         progress("design.topup", planned=record["planned_replicates"], replicates=record["replicates"],
                  asked=topup["asked"], pairs=topup["pairs"], target=record.get("target_half_width"))
+    if planned and record.get("cut") and (not before.get("cut") or before.get("asked") != record.get("asked")):
+        progress("design.cut", replicates=record["replicates"], asked=record.get("asked"),
+                 budget=record["budget_replicates"], points=design.points)
