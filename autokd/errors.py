@@ -51,6 +51,8 @@ def hint(word: Any, options: Sequence[Any]) -> str:
 class AutokdError(Exception):
     """Base class: anything the user can fix. Carries one or more :class:`Problem` lines."""
 
+    exit_code = 2  # the CLI's exit code for it
+
     def __init__(self, problems: str | Problem | list[Problem]):
         if isinstance(problems, str):
             problems = [Problem(problems)]
@@ -74,6 +76,13 @@ class DataError(AutokdError):
 
 class StudyError(AutokdError):
     """The study or its storage cannot be used as asked (unknown study, space changed, bad URL)."""
+
+
+class StorageUnavailable(AutokdError):
+    """The study's storage did not answer within the retry budget (``--storage-retry``): exit code 75
+    (EX_TEMPFAIL, "try again later"), not 2 -- nothing the user wrote is wrong."""
+
+    exit_code = 75
 
 
 class CacheError(AutokdError):

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autokd import worker
+from autokd.errors import StorageUnavailable
 from autokd.compress import prune_model, quantize_model
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.early_stop import (CURVE_ATTR, STOPPED_AT_ATTR, STOPPED_BY_ATTR, STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR,
@@ -346,7 +347,7 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # for people
         try:
             return self._run(trial)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, StorageUnavailable):  # the storage is gone: nothing can be recorded on it
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (the CLI's Terminated carries its own reason)
             trial.set_user_attr("fail_reason", getattr(exc, "reason", "interrupted (Ctrl-C)"))

@@ -10,8 +10,11 @@ to the storage's heartbeat.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -61,3 +64,34 @@ def is_dead(ident: Any) -> bool | None:
         return True  # this process is starting its search: no trial of ours can be running yet
     start = process_start(ident["pid"])
     return start is None or start != ident.get("start")
+
+
+# A worker that stops for a reason that is not its trial's fault (the storage stayed down past --storage-retry)
+# leaves a note here, keyed by its identity, for the next worker on this host that finds its trial dead: that
+# re-queue does not count toward the configuration's retries. Host-local like the check that reads it (is_dead
+# only judges workers of this host, boot and PID namespace); a note is a few bytes and names a process that ended.
+EXIT_NOTES = Path(tempfile.gettempdir()) / "autokd-exits"
+
+
+def _note_path(ident: dict[str, Any]) -> Path:
+    return EXIT_NOTES / f"{ident.get('boot')}-{ident.get('pidns')}-{ident.get('pid')}-{ident.get('start')}.json"
+
+
+def note_exit(reason: str) -> None:
+    """Leave a note that this process stops for ``reason`` (best effort: a note that cannot be written only makes
+    the re-queue count as a death)."""
+    try:
+        EXIT_NOTES.mkdir(parents=True, exist_ok=True)
+        _note_path(identity()).write_text(json.dumps({"reason": reason}), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def exit_note(ident: Any) -> str | None:
+    """The reason the dead worker ``ident`` left in its note, or None when it left none."""
+    if not isinstance(ident, dict):
+        return None
+    try:
+        return str(json.loads(_note_path(ident).read_text(encoding="utf-8"))["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -70,6 +70,7 @@ from autokd.cli import export, plan, report, schema, search, studies, validate  
 __all__ = ["app", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_TEMPFAIL = 75  # the storage did not answer within --storage-retry: try again later
 
 
 def _err(console: Console, line: str) -> None:
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place that turns exceptions into messages and exit codes.
 
     - ``AutokdError`` (bad space, flags, storage, data): one red line per problem on stderr, exit 2;
+    - ``StorageUnavailable`` (the storage stayed down past ``--storage-retry``): one line with the resume command,
+      exit 75 (EX_TEMPFAIL);
     - usage errors from typer/click: one line, exit 2;
     - Ctrl-C: the command that resumes, exit 130; SIGTERM the same, exit 143 (this worker's trial is re-queued);
     - anything else: one line, exit 1 (``AUTOKD_DEBUG=1`` shows the traceback).
@@ -110,9 +113,12 @@ def _run(args: list[str], console: Console, debug: bool) -> int:
     except AutokdError as exc:
         if debug:
             console.print_exception()
-        for line in exc.lines:
+        lines = exc.lines
+        if exc.exit_code == EXIT_TEMPFAIL and "--progress-json" not in args:  # (a worker of --workers: its
+            lines = [f"{lines[0]}; resume with: autokd {shlex.join(args)}", *lines[1:]]  # parent says it)
+        for line in lines:
             _err(console, line)
-        return EXIT_INPUT
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # shell completion (_AUTOKD_COMPLETE, --show/--install-completion) exits this way

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autokd.cli import Terminated, app, terminated
 from autokd.cli.common import CacheDirOpt, MarginOpt, SetOpt, SpaceArg, StorageOpt, StudyOpt
 from autokd.space import load_space
+from autokd.study.retry import RETRY_SECONDS
 
 
 def make_bars(console: Console) -> Progress:
@@ -150,6 +151,11 @@ class RichProgress:
         elif event == "design.cut":
             log(f"[yellow]Design cut at {d['replicates']} replicate(s) of {d['asked']}: search.n_trials holds "
                 f"{d['budget']} replicate(s) of {2 * d['points']} trials (raise it and rerun to run the rest).[/]")
+        elif event == "storage.wait":
+            log(f"[yellow]waiting for the storage {d['url']} ({d['reason']}); retrying for up to "
+                f"{d['budget']:g} s (--storage-retry), the trial in training goes on.[/]")
+        elif event == "storage.back":
+            log(f"The storage {d['url']} is back after {d['seconds']:.1f} s of waiting; going on.")
         elif event == "design.wait" and not self.shared.get("design_wait"):
             self.shared["design_wait"] = True
             log("Waiting for other workers to finish the design's pilot before the next replicate.")
@@ -202,6 +208,11 @@ def search(
                                      help="This worker's index when several run on one study (each a different "
                                           "number), so their samplers do not propose the same trials; --workers "
                                           "N gives its workers 0..N-1."),
+    storage_retry: float = typer.Option(
+        RETRY_SECONDS, "--storage-retry", metavar="SECONDS", min=0,
+        help="How long a worker waits for a storage that stopped answering (a database restart, a network drop, "
+             "a locked SQLite file), retrying with backoff and keeping the trial it trains; past it the worker "
+             "exits with code 75 and a rerun resumes."),
     progress_json: bool = typer.Option(False, "--progress-json", hidden=True,
                                        help="Write progress events as JSON lines on stdout (for --workers)."),
 ) -> int:
@@ -211,10 +222,15 @@ def search(
     Many workers: run this same command on every machine (or GPU) against one --storage postgresql+psycopg://... (each
     with its own --worker-index), or --workers N on one machine. The study ends with between n_trials and
     n_trials + 2*workers - 1 COMPLETE trials (each worker's last trial and its KD twin finish)."""
+    if study is not None:
+        from autokd.study import check_study_name
+
+        check_study_name(study)
     sp = load_space(space, overrides=set_ or [])
     options = SearchOptions(space=space, sets=list(set_ or []), storage=storage, study=study, timeout=timeout,
                             device=device, cache_dir=cache_dir, allow_space_change=allow_space_change, margin=margin,
-                            artifacts=artifacts, threads=threads, worker_index=worker_index)
+                            artifacts=artifacts, threads=threads, worker_index=worker_index,
+                            storage_retry=storage_retry)
     if workers > 1:
         from autokd.cli.workers import run_workers
 
@@ -247,11 +263,13 @@ class SearchOptions:
     artifacts: Path | None
     threads: int | None
     worker_index: int
+    storage_retry: float = RETRY_SECONDS
 
     def search_kwargs(self) -> dict[str, Any]:
         return {"storage": self.storage, "study_name": self.study, "timeout": self.timeout, "device": self.device,
                 "cache_dir": self.cache_dir, "allow_space_change": self.allow_space_change,
-                "worker_index": self.worker_index, "artifacts": self.artifacts, "threads": self.threads}
+                "worker_index": self.worker_index, "artifacts": self.artifacts, "threads": self.threads,
+                "storage_retry": self.storage_retry}
 
     def which(self) -> list[str]:
         """The arguments that name the study: SPACE, --set, --storage, --study."""
@@ -268,7 +286,8 @@ class SearchOptions:
                 *(["--workers", str(workers)] if workers > 1 else []),
                 *(["--threads", str(self.threads)] if self.threads else []),
                 *(["--worker-index", str(self.worker_index)] if self.worker_index else []),
-                *(["--margin", f"{self.margin:g}"] if self.margin is not None else [])]
+                *(["--margin", f"{self.margin:g}"] if self.margin is not None else []),
+                *(["--storage-retry", f"{self.storage_retry:g}"] if self.storage_retry != RETRY_SECONDS else [])]
 
 
 def _run_worker_json(sp: Any, options: SearchOptions) -> int:

@@ -28,7 +28,7 @@ from rich.console import Console
 from autokd.cli import terminated
 from autokd.cli.search import RichProgress, SearchOptions, finish, make_bars
 
-INTERRUPTED, TERMINATED = 130, 143
+INTERRUPTED, TERMINATED, EXIT_TEMPFAIL = 130, 143, 75
 
 
 @dataclass
@@ -148,6 +148,8 @@ def _conclude(space: Any, options: SearchOptions, console: Console, workers: lis
     codes = [w.process.returncode for w in workers]
     said: dict[str, list[int]] = {}  # workers usually fail alike (a bad path): each line once
     for w in workers:
+        if w.process.returncode == EXIT_TEMPFAIL:
+            continue  # the storage stayed down: said once below, with the command that resumes all of them
         for line in w.errors:
             said.setdefault(line, []).append(w.index)
     for line, who in said.items():
@@ -155,6 +157,16 @@ def _conclude(space: Any, options: SearchOptions, console: Console, workers: lis
         err.print(prefix + line, markup=False, highlight=False)
     if any(c == 2 for c in codes):
         return 2  # bad input: every worker said the same located lines above
+    if any(c == EXIT_TEMPFAIL for c in codes):  # the storage stayed down: nothing to report from
+        from autokd.study import default_storage
+        from autokd.study.retry import mask_url
+
+        url = mask_url(options.storage or default_storage(options.study or space.name))
+        err.print(f"[red]error: --storage: the storage {url} did not answer for {options.storage_retry:g} s "
+                  "(--storage-retry); the workers stopped, and their trials are re-queued when the study resumes: "
+                  f"{shlex.join(['autokd', 'search', *options.search_args(workers=n)])}[/]", soft_wrap=True,
+                  markup=True, highlight=False)
+        return EXIT_TEMPFAIL
     if any(c in (INTERRUPTED, TERMINATED) for c in codes):
         raise KeyboardInterrupt  # the CLI prints the resume command and exits 130 (143 after SIGTERM)
     results = [w.result for w in workers if w.result is not None]

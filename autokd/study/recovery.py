@@ -85,6 +85,7 @@ def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = si
     step). Every other RUNNING trial is left to the storage's heartbeat (:func:`stale_trial_callback`)."""
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        counts = True
         age = orphan_age(t)
         if age is not None:
             if age < ORPHAN_SECONDS:
@@ -92,9 +93,12 @@ def recover_stale_trials(study: optuna.Study, *, progress: ProgressCallback = si
             reason = "worker died before it recorded itself (orphan trial)"
         elif worker.is_dead(t.user_attrs.get("worker_id")) is True:
             reason = "worker process died (stale trial)"
+            note = worker.exit_note(t.user_attrs.get("worker_id"))
+            if note is not None:  # it stopped for a cause that is not this configuration's (an outage)
+                reason, counts = f"worker stopped: {note}", False
         else:
             continue  # alive, or not ours to judge (the heartbeat will)
-        if requeue(study, t, reason):
+        if requeue(study, t, reason, counts=counts):
             recovered.append(t.number)
             progress("study.stale", number=t.number)
     return recovered

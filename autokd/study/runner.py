@@ -36,9 +36,11 @@ from autokd.study.recovery import _requeue_interrupted, orphan_age, recover_stal
 from autokd.study.sampler import make_sampler
 from autokd.study.artifacts import (ATTR_ARTIFACTS, default_artifacts_dir, fetch_teacher, open_artifact_store,
                                     share_teacher)
-from autokd.study.storage import (ATTR_TEACHER, cost_scale, count_states, create_or_load_study, default_storage,
+from autokd.study.storage import (ATTR_TEACHER, check_study_name, cost_scale, count_states, create_or_load_study, default_storage,
                                   ensure_writable, open_existing_study, quiet_optuna)
 from autokd.study.design import enqueue_design
+from autokd.errors import StorageUnavailable
+from autokd.study.retry import RETRY_SECONDS
 from autokd.study.twins import enqueue_missing_twins
 from autokd.teacher import get_teacher, resolve_cache_dir
 
@@ -75,19 +77,39 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                timeout: float | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                allow_space_change: bool = False, worker_index: int = 0, artifacts: Any = None,
                threads: int | None = None, progress: ProgressCallback = silent,
-               stop_rule: StopRule | None = None) -> SearchResult:
+               stop_rule: StopRule | None = None, storage_retry: float = RETRY_SECONDS) -> SearchResult:
     """Run (or resume) one worker of the study of ``space`` until the study holds ``search.n_trials`` COMPLETE
     trials (and every KD pair is whole).
 
     ``worker_index`` distinguishes workers started on the same study (their samplers get different seeds);
     ``artifacts`` is where trial models go (a folder, or an Optuna artifact store object; default
     ``studies/<study>/artifacts``); ``threads`` sets torch's intra-op threads of this worker; ``stop_rule`` the
-    settings of early stopping when ``search.early_stop`` is on (default :class:`~autokd.early_stop.StopRule`).
+    settings of early stopping when ``search.early_stop`` is on (default :class:`~autokd.early_stop.StopRule`);
+    ``storage_retry`` how many seconds a storage call waits out a database outage (then
+    :class:`~autokd.study.retry.StorageUnavailable`; the trial being trained is kept meanwhile).
 
     Many workers: each runs queued trials (twins, retries) first, and starts a new sampled trial only while the
     COMPLETE and RUNNING trials together are fewer than the target; otherwise it stops (``stopped="others"``:
     the others' running trials take the study to its target). The study ends with between ``n_trials`` and
     ``n_trials + 2 * workers - 1`` COMPLETE trials: the last sampled trials in flight bring their KD twins."""
+    if study_name is not None:
+        check_study_name(study_name)  # it names files and folders: refused before anything is created
+    try:
+        return _run_search(space, storage=storage, study_name=study_name, timeout=timeout, device=device,
+                           cache_dir=cache_dir, allow_space_change=allow_space_change, worker_index=worker_index,
+                           artifacts=artifacts, threads=threads, progress=progress, stop_rule=stop_rule,
+                           storage_retry=storage_retry)
+    except StorageUnavailable:
+        # The trial this worker was training stays RUNNING (the storage cannot be told); the next worker on this
+        # host re-queues it, and this note makes that retry not count against the configuration.
+        worker.note_exit(f"the storage did not answer for {storage_retry:g} s (exit 75)")
+        raise
+
+
+def _run_search(space: Space, *, storage: str | None, study_name: str | None, timeout: float | None, device: str,
+                cache_dir: str | Path | None, allow_space_change: bool, worker_index: int, artifacts: Any,
+                threads: int | None, progress: ProgressCallback, stop_rule: StopRule | None,
+                storage_retry: float) -> SearchResult:
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -112,7 +134,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         return Standing.of(study).work_left(target, twins)
 
     # A finished study returns before any data or teacher is loaded (no teacher retrained for nothing).
-    study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+    held = {"retry_seconds": storage_retry, "on_event": progress}  # how the storage rides out an outage
+    study = open_existing_study(space, storage=url, study_name=name, allow_space_change=allow_space_change, **held)
     if study is not None and not prepare(study):
         return result
     # Unwritable places are found before anything is trained (a teacher or a trial would be lost otherwise).
@@ -130,7 +153,8 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
         teacher = get_teacher(space, data, pool=pool, cache_dir=cache_dir, device=dev, progress=progress)
         result.teacher_source, result.teacher_accuracy = teacher.source, teacher.val_accuracy
     if study is None:
-        study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change)
+        study = create_or_load_study(space, storage=url, study_name=name, allow_space_change=allow_space_change,
+                                     **held)
         prepare(study)
     study.set_user_attr("autokd.dataset_sizes", data.sizes)
     if folder is not None:
@@ -155,6 +179,9 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
                 trials = study.get_trials(deepcopy=False)
             now = Standing.of(study, trials)
             if not now.work_left(target, twins):
+                if now.old_orphans:  # became old since the last look: recover it now, or it is left RUNNING
+                    recover_stale_trials(study, progress=progress)
+                    continue
                 if not now.young_orphans:
                     break
                 time.sleep(ORPHAN_POLL_SECONDS)  # only a trial whose worker died as it began: wait it out
@@ -188,8 +215,12 @@ def run_search(space: Space, *, storage: str | None = None, study_name: str | No
             except KeyboardInterrupt as exc:
                 _requeue_interrupted(study, objective.current, getattr(exc, "reason", "interrupted (Ctrl-C)"))
                 raise
-            except ValueError:  # Optuna: "Cannot tell a FAIL trial": someone failed this worker's trial meanwhile
-                if not _failed_by_another(study, objective.current, progress):
+            except Exception as exc:
+                outage = _outage(exc)
+                if outage is not None:  # Optuna's own bookkeeping failed on top of it: say the outage, not that
+                    raise outage from None
+                # Optuna: "Cannot tell a FAIL trial": someone failed this worker's trial meanwhile
+                if not isinstance(exc, ValueError) or not _failed_by_another(study, objective.current, progress):
                     raise
                 continue
             if not finished:  # nothing ran (no trial was started)
@@ -241,6 +272,19 @@ def _say_neighbours(study: optuna.Study, threads: int | None, progress: Progress
 
 
 
+def _outage(exc: BaseException) -> StorageUnavailable | None:
+    """The storage outage behind ``exc``, if any: past the retry budget Optuna's ``_run_trial`` fails in its
+    except-branch and its ``finally`` (an ``UnboundLocalError``), hiding the outage in the exception's context."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, StorageUnavailable):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _failed_by_another(study: optuna.Study, number: int | None, progress: ProgressCallback) -> bool:
     """Whether this worker's trial ``number`` was finished by someone else (e.g. failed as stale); logged."""
     if number is None:
@@ -260,10 +304,11 @@ class Standing:
     waiting: int
     running: int  # RUNNING trials whose worker recorded itself (an orphan is not known to make progress)
     young_orphans: int  # RUNNING trials without a worker record, not yet old enough to be declared dead
+    old_orphans: int = 0  # ... and those old enough (recover_stale_trials fails and re-queues them)
 
     @classmethod
     def of(cls, study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> Standing:
-        complete = waiting = running = young = 0
+        complete = waiting = running = young = old = 0
         for t in study.get_trials(deepcopy=False) if trials is None else trials:
             if t.state == TrialState.COMPLETE:
                 complete += 1
@@ -275,7 +320,9 @@ class Standing:
                     running += 1
                 elif age < recovery.ORPHAN_SECONDS:
                     young += 1
-        return cls(complete, waiting, running, young)
+                else:
+                    old += 1
+        return cls(complete, waiting, running, young, old)
 
     def work_left(self, target: int, twins: bool) -> bool:
         """Fewer COMPLETE trials than the target, or a queued twin or retry (pairs finish even past the target)."""

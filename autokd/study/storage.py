@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import optuna
 from autokd import __version__
 from autokd.errors import Problem, StudyError, hint
 from autokd.objective import COST_SCALE, OBJECTIVE_METRICS
+from autokd.study.retry import RETRY_SECONDS, EventCallback, RetryingRDBStorage, heartbeat_grace, mask_url
 from autokd.space import Space, legacy_space_hashes, space_from_dict, space_hash, to_dict
 
 
@@ -43,6 +45,7 @@ ATTR_COST_SCALE = "autokd.cost_scale"
 
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial without a heartbeat for 2 min is a dead worker's
+SQLITE_BUSY_SECONDS = 5.0  # SQLite's own wait for a lock (then the storage's retry takes over, and says so)
 SCHEMA_RACE_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
 CREATE_WAIT_SECONDS = 10.0  # how long a loader waits for a just-created study's autokd attributes
 
@@ -65,12 +68,31 @@ def quiet_optuna() -> Iterator[None]:
             optuna.logging.set_verbosity(level)
 
 
+STUDY_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"  # the space's ``name:`` pattern: a plain folder name, never . or ..
+
+
+def check_study_name(name: str, where: str = "--study") -> None:
+    """A study name that becomes a file or folder name (``studies/NAME.db``, ``studies/NAME/artifacts``) must be a
+    plain folder name: letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit (so never ``.`` or
+    ``..``, never a path). Else one located line, before anything is created."""
+    import re
+
+    if not re.fullmatch(STUDY_NAME_RE, name) or len(name) > 100:
+        raise StudyError(Problem(f"{name!r} is not a plain study name: use letters, digits, '.', '_' and '-' "
+                                 "(starting with a letter or digit, at most 100 characters); it names the study's "
+                                 "files and folders", file=where))
+
+
 def default_storage(name: str) -> str:
     return f"sqlite:///{STUDIES_DIR / name}.db"
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage URL, turning every failure into one ``--storage`` line."""
+def open_storage(url: str, *, create: bool = True, retry_seconds: float = RETRY_SECONDS,
+                 on_event: EventCallback | None = None) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage URL, turning every failure into one ``--storage`` line.
+
+    The storage retries every call through a database outage for up to ``retry_seconds``
+    (:class:`~autokd.study.retry.RetryingRDBStorage`; ``on_event`` hears ``storage.wait`` / ``storage.back``)."""
     if "://" not in url:
         raise StudyError(Problem(f"{url!r} is not a storage URL (e.g. sqlite:///studies/x.db, "
                                  "postgresql://user@host/db)", file="--storage"))
@@ -84,21 +106,26 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             ensure_writable(db.parent, "--storage")
     from autokd.study.recovery import stale_trial_callback  # recovery.py imports this module
 
+    # SQLite waits this long for a lock itself; a longer one is an outage, retried (and said) like any other.
+    # Elsewhere a pooled connection is checked before use, so one that a server restart killed is replaced.
+    engine: dict[str, Any] = ({"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if url.startswith("sqlite")
+                              else {"pool_pre_ping": True})
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             with quiet_optuna():
                 # The heartbeat finds workers dead on other machines; the one retry mechanism is autokd's re-queue
-                # (not also Optuna's RetryHeartbeatStaleTrialCallback, which would enqueue a second copy).
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                    heartbeat_stale_trial_callback=stale_trial_callback,
-                    engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+                # (not also Optuna's RetryHeartbeatStaleTrialCallback, which would enqueue a second copy). Its
+                # grace outlasts the retry budget: a worker waiting out an outage is not taken for dead.
+                return RetryingRDBStorage(
+                    url, retry_seconds=retry_seconds, on_event=on_event, heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=int(math.ceil(heartbeat_grace(retry_seconds, HEARTBEAT_SECONDS, GRACE_SECONDS))),
+                    heartbeat_stale_trial_callback=stale_trial_callback, engine_kwargs=engine)
         except Exception as exc:  # sqlalchemy/optuna raise many kinds for bad URLs, drivers and files
             if _schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
                 time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables: they exist in a moment
                 continue
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StudyError(Problem(f"cannot open {url}: {reason}", file="--storage")) from None
+            raise StudyError(Problem(f"cannot open {mask_url(url)}: {reason}", file="--storage")) from None
     raise AssertionError("unreachable")
 
 
@@ -149,11 +176,13 @@ def directions(space: Space) -> list[str]:
 
 
 def open_existing_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
-                        allow_space_change: bool = False) -> optuna.Study | None:
-    """The study of ``space`` if it exists (checked against the space), else ``None``; creates nothing."""
+                        allow_space_change: bool = False, retry_seconds: float = RETRY_SECONDS,
+                        on_event: EventCallback | None = None) -> optuna.Study | None:
+    """The study of ``space`` if it exists (checked against the space), else ``None``; creates nothing.
+    ``retry_seconds``, ``on_event``: how its storage rides out an outage (:func:`open_storage`)."""
     name = study_name or space.name
     url = storage or default_storage(name)
-    store = open_storage(url)
+    store = open_storage(url, retry_seconds=retry_seconds, on_event=on_event)
     with quiet_optuna():
         if name in {s.study_name for s in optuna.study.get_all_study_summaries(store, include_best_trial=False)}:
             return _checked_load(space, store, url, name, allow_space_change, update=True)
@@ -194,17 +223,19 @@ def _checked_load(space: Space, store: Any, url: str, name: str, allow_space_cha
 
 
 def create_or_load_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
-                         allow_space_change: bool = False) -> optuna.Study:
+                         allow_space_change: bool = False, retry_seconds: float = RETRY_SECONDS,
+                         on_event: EventCallback | None = None) -> optuna.Study:
     """The study of ``space``: created on first use, loaded (and checked against the space) afterwards."""
     from autokd.study.sampler import make_sampler  # sampler.py imports this module
 
     existing = open_existing_study(space, storage=storage, study_name=study_name,
-                                   allow_space_change=allow_space_change)
+                                   allow_space_change=allow_space_change, retry_seconds=retry_seconds,
+                                   on_event=on_event)
     if existing is not None:
         return existing
     name = study_name or space.name
     url = storage or default_storage(name)
-    store = open_storage(url)
+    store = open_storage(url, retry_seconds=retry_seconds, on_event=on_event)
     with quiet_optuna():
         try:
             study = optuna.create_study(study_name=name, storage=store, directions=directions(space),

@@ -305,6 +305,24 @@ def test_bad_storage_url_on_studies(cli):
     one_error(cli("studies", "--storage", "nonsense"), "error: --storage: ", "not a storage URL")
 
 
+@pytest.mark.parametrize("name", ["../x", "../../x", "a/b", "..", ".", ".hidden", "a b", "x" * 101])
+def test_a_study_name_that_is_a_path_is_refused_before_anything_is_made(bad, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    res, _ = bad(BASE, "--study", name, "--device", "cpu", command="search")  # the default storage: studies/
+    one_error(res, "error: --study: ", repr(name), "letters, digits")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]  # no studies/, no database, no folder
+
+
+def test_report_opens_a_study_whatever_its_name(cli, tmp_path, tiny_space):
+    from autokd.space import space_from_dict
+    from autokd.study import create_or_load_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    create_or_load_study(space_from_dict(tiny_space), storage=url, study_name="odd name/with slash")
+    res = cli("report", "--storage", url, "--study", "odd name/with slash", "--json")
+    assert res.code == 0, res.err
+
+
 def test_report_missing_database(cli, tmp_path):
     db = tmp_path / "missing.db"
     res = cli("report", "--storage", f"sqlite:///{db}", "--study", "tiny")

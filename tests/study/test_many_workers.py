@@ -42,12 +42,12 @@ def env() -> dict[str, str]:
     return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
 
 
-def check_study(url: str, study_name: str, workers: int) -> list[optuna.trial.FrozenTrial]:
+def check_study(url: str, study_name: str, workers: int, n_trials: int = N_TRIALS) -> list[optuna.trial.FrozenTrial]:
     """The acceptance checks of a finished many-worker study; returns its trials."""
     study, _ = load_study(storage=url, study_name=study_name)
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert N_TRIALS <= len(complete) <= N_TRIALS + 2 * workers - 1, Counter(t.state.name for t in trials)
+    assert n_trials <= len(complete) <= n_trials + 2 * workers - 1, Counter(t.state.name for t in trials)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # no configuration+seed ran COMPLETE twice
     keys = Counter(tuple(sorted(t.params.items())) for t in complete)

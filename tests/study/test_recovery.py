@@ -59,13 +59,14 @@ def test_the_heartbeat_finds_a_silent_worker_and_autokd_requeues_it_once(tmp_pat
     autokd's callback queues one retry, not also Optuna's RetryHeartbeatStaleTrialCallback."""
     monkeypatch.setattr(autokd.study.storage, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(autokd.study.storage, "GRACE_SECONDS", 1)
-    study = create_or_load_study(space_from_dict(tiny_space), storage=f"sqlite:///{tmp_path}/s.db")
+    # no retry budget: the grace is then max(1 s, 2 heartbeats) = 2 s (it outlasts the budget otherwise)
+    study = create_or_load_study(space_from_dict(tiny_space), storage=f"sqlite:///{tmp_path}/s.db", retry_seconds=0)
     trial = study.ask(DISTS)
     trial.set_user_attr("worker_id", {"host": "elsewhere.invalid", "boot": "x", "pidns": 1, "pid": 7,
                                       "start": "1"})
     study._storage.record_heartbeat(trial._trial_id)  # private: what a running optimize() does every second
     assert recover_stale_trials(study) == []  # not this host's to judge
-    time.sleep(2.5)
+    time.sleep(3.5)
     optuna.storages.fail_stale_trials(study)
     optuna.storages.fail_stale_trials(study)  # a second worker's check changes nothing
     trials = study.get_trials()

@@ -47,7 +47,7 @@ def test_workers_opening_a_new_database_at_once_retry_the_schema_race(tmp_path, 
 
     from autokd.study import open_storage
 
-    real = autokd.study.storage.optuna.storages.RDBStorage
+    real = autokd.study.storage.RetryingRDBStorage
     calls = []
 
     def racing(*args, **kwargs):
@@ -56,6 +56,6 @@ def test_workers_opening_a_new_database_at_once_retry_the_schema_race(tmp_path, 
             raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(autokd.study.storage.optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(autokd.study.storage, "RetryingRDBStorage", racing)
     open_storage(f"sqlite:///{tmp_path}/s.db")
     assert len(calls) == 2
