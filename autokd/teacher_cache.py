@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -113,8 +114,18 @@ def cache_lock(path: Path, *, progress: ProgressCallback, what: str, key: str) -
     Tries without blocking first; a worker that has to wait reports ``teacher.wait`` (key, path, what:
     "teacher" | "views") once, then blocks until the holder is done (or dead). The holder removes the lock file
     before it lets go, so a waiter that then gets the lock of a removed file takes the lock again on the file now
-    at that path. A cache folder where no lock file can be created (read-only) is used without a lock."""
+    at that path. A cache folder where no lock file can be created (read-only) is used without a lock.
+
+    Files are written under this lock (:func:`atomic_save`: ``<name><random>.tmp``, renamed into place), so once it
+    is held a temp file of ``path`` is a dead holder's (``kill -9`` mid-save: found by ``bench/kill9.py``) and is
+    removed."""
     fd = _acquire(path, progress=progress, what=what, key=key)
+    if fd is not None:
+        for stale in path.parent.glob(glob.escape(path.name) + "*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
     try:
         yield
     finally:

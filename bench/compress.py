@@ -1,6 +1,7 @@
 """Benchmark of the compression stage on digits: accuracy and cost of pruning x quantization.
 
     python bench/compress.py [--epochs 6] [--finetune-epochs 2] [--seeds 0 1 2] [--method l1] [--quantizers-only]
+                             [--smoke]
 
 Pipeline per seed (the one a trial runs): dense training of the default student -> prune -> QAT wrappers (when
 bits < 32) -> fine-tune. The dense model is trained once per seed and copied for every (bits, prune) cell, so the
@@ -12,6 +13,9 @@ A second table compares the quantizers (``minmax``: min/max ranges; ``lsq``: lea
 W2A2 (weight and activation bits; first conv and classifier at 8), unpruned, on the same dense models: does LSQ fix
 2-bit activations, i.e. bring W2A2 well above chance and within 5 points of W2A4 (the cost of the activations' last
 two bits)? The last line is ``name=value`` pairs of that comparison.
+
+``--smoke`` (tests/test_benches.py): 1 seed, 1 + 1 epochs, 200 training images at 8 px: seconds, the code paths
+only.
 """
 
 from __future__ import annotations
@@ -56,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the minmax vs lsq table (skip the bits x prune grid)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1 is fastest for these tiny models on a shared 2-core machine)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 seed, 1 + 1 epochs, 200 images at 8 px: checks that the bench runs (seconds)")
     args = ap.parse_args(argv)
+    image_size, limit = 16, None
+    if args.smoke:
+        args.epochs, args.finetune_epochs, args.seeds, image_size, limit = 1, 1, [0], 8, 200
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    data = load_dataset(DatasetSpec(name="digits", image_size=16))
+    data = load_dataset(DatasetSpec(name="digits", image_size=image_size, limit=limit))
     shape = tuple(data.train_x.shape[1:])
     calib = (data.train_x[:128], data.train_y[:128])
     print(f"digits {shape[-1]}px: {data.sizes}; student {STUDENT}; dense {args.epochs} ep @ 0.05, "

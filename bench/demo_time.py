@@ -1,6 +1,6 @@
 """The default demo's trial time: the code of this working tree against a pinned baseline commit.
 
-    python bench/demo_time.py [--rounds 2] [--baseline REV] [--threads 2] [--space spaces/mobilenet.yaml]
+    python bench/demo_time.py [--rounds 2] [--baseline REV] [--threads 2] [--space spaces/mobilenet.yaml] [--smoke]
 
 Target (issue): the default demo's 24 trials take <= 0.75x the trial time of the baseline, with the same
 accuracies within noise.
@@ -23,8 +23,13 @@ false, enqueued with ``user_attrs={"twin_of": n}`` as the search enqueues twins)
 For every (arm, round) a fresh study is created in a fresh SQLite file by the arm's own
 ``autokd.study.create_or_load_study`` (its space hash and attributes), the 24 parameter sets are enqueued, and the
 arm's ``autokd search SPACE --storage ... --device cpu --threads T --cache-dir TMP/cache-<arm>`` runs them (the
-search target is the space's 24 COMPLETE trials, so it runs exactly the enqueued trials). Checked afterwards:
-exactly 24 COMPLETE trials, whose parameters are exactly the 24 enqueued, and no trial in any other state.
+search target is 24 COMPLETE trials, so it runs exactly the enqueued trials). Checked afterwards: exactly 24
+COMPLETE trials, whose parameters are exactly the 24 enqueued, and no trial in any other state.
+
+Each arm reads its own copy of the space file with ``--set search.n_trials=24`` and, where the arm's file has a
+``search.design`` (the current demo space runs a 24-point design first; the baseline's code predates the field and
+cannot read it), ``--set search.design=null``: both arms run exactly the enqueued trials, nothing else. The study
+setup loads the space with the same overrides (the same space hash as the search).
 
 Untimed, once per arm before the rounds: a warm-up search of one trial (``search.kd_twins=false``, a throwaway
 study) that trains and caches the teacher ensemble in the arm's cache folder and prints ``autokd.__file__``.
@@ -38,6 +43,11 @@ difference of val accuracy between the arms.
 Last line: ``demo_time_ratio=<median over rounds of current / baseline trial-time sums, 3 decimals> rounds=<n>
 baseline_s=<median> current_s=<median> val_acc_baseline=<mean> val_acc_current=<mean> val_acc_diff_pts=<mean
 per-configuration difference, current - baseline, round 0> diff_ci_pts=<its 95% Student-t interval>``.
+
+``--smoke`` (tests/test_benches.py): no baseline worktree -- the current arm alone, its numbers standing in for the
+baseline's (ratio 1 by construction) -- 2 configurations + twins, 1 round, 1 thread, students 1 + 1 epochs and one
+teacher of 1 epoch on 200 training images at 8 px: seconds, the code paths only (warm-up, setup, search, checks,
+the last line).
 """
 
 from __future__ import annotations
@@ -56,11 +66,15 @@ from pathlib import Path
 from typing import Any
 
 import scipy.stats
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit before any speed work (git rev-parse 53e2d05).
 BASELINE_COMMIT = "53e2d05828573afd746953a403a25f2254d90155"
 N_CONFIGS = 12  # each with its KD twin: 24 trials
+SMOKE_CONFIGS = 2
+SMOKE_SETS = ["train.epochs=1", "compress.finetune_epochs=1", "distill.teacher.epochs=1",
+              "distill.teacher.ensemble=1", "dataset.image_size=8", "dataset.limit=200"]
 KD = "distill.kd"
 
 # Run inside an arm's process: import that arm's autokd, check where it came from, then run its code.
@@ -85,7 +99,7 @@ import json
 from autokd.space import load_space
 from autokd.study import create_or_load_study
 from autokd.study.storage import quiet_optuna
-space = load_space(sys.argv[2])
+space = load_space(sys.argv[2], overrides=json.loads(sys.argv[5]))
 study = create_or_load_study(space, storage=sys.argv[3])
 with quiet_optuna():
     for pair in json.loads(sys.argv[4]):
@@ -96,8 +110,8 @@ print(len(study.trials), "trials enqueued", flush=True)
 """
 
 
-def draw_configs(space_path: Path, seed: int) -> list[list[dict[str, Any]]]:
-    """12 distinct configurations with kd on, each with its twin (kd off), drawn with a seeded RNG (no TPE)."""
+def draw_configs(space_path: Path, seed: int, n: int = N_CONFIGS) -> list[list[dict[str, Any]]]:
+    """``n`` distinct configurations with kd on, each with its twin (kd off), drawn with a seeded RNG (no TPE)."""
     sys.path.insert(0, str(REPO))
     from autokd.space import dimensions, load_space
 
@@ -111,7 +125,7 @@ def draw_configs(space_path: Path, seed: int) -> list[list[dict[str, Any]]]:
     rng = random.Random(seed)
     seen: set[tuple] = set()
     pairs = []
-    while len(pairs) < N_CONFIGS:
+    while len(pairs) < n:
         params = {d.path: (True if d.path == KD else rng.choice(list(d.choices))) for d in dims}
         key = tuple(sorted((k, repr(v)) for k, v in params.items()))
         if key in seen:
@@ -119,6 +133,15 @@ def draw_configs(space_path: Path, seed: int) -> list[list[dict[str, Any]]]:
         seen.add(key)
         pairs.append([params, {**params, KD: False}])
     return pairs
+
+
+def arm_sets(space_file: Path, n_trials: int, extra: list[str] = ()) -> list[str]:
+    """The ``--set`` overrides under which an arm's own space file runs exactly the enqueued trials: the budget
+    ``n_trials`` and, when the file has a ``search.design``, no design (the baseline's code cannot read the field,
+    so it is named only where the file has it); then ``extra``."""
+    data = yaml.safe_load(space_file.read_text(encoding="utf-8")) or {}
+    design = "design" in (data.get("search") or {})
+    return (["search.design=null"] if design else []) + [f"search.n_trials={n_trials}", *extra]
 
 
 def key_of(params: dict[str, Any]) -> tuple:
@@ -178,15 +201,27 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--space", type=Path, default=REPO / "spaces" / "mobilenet.yaml")
     ap.add_argument("--seed", type=int, default=0, help="seed of the draw of the 12 configurations")
+    ap.add_argument("--smoke", action="store_true",
+                    help="no baseline worktree (the current arm alone), 2 configurations, 1 round, tiny training: "
+                         "checks that the bench runs (seconds)")
     a = ap.parse_args()
+    n_configs, extra = N_CONFIGS, []
+    if a.smoke:
+        a.rounds, a.threads, n_configs, extra = 1, 1, SMOKE_CONFIGS, SMOKE_SETS
 
     space = a.space.resolve()
     rel = space.relative_to(REPO)  # the same space file inside each arm
-    commit = subprocess.run(["git", "rev-parse", "--verify", a.baseline + "^{commit}"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.strip()
-    pairs = draw_configs(space, a.seed)
-    print(f"baseline {commit}, current {REPO} (working tree); {len(pairs)} configurations + twins = "
-          f"{2 * len(pairs)} trials; {a.threads} threads; {a.rounds} rounds", flush=True)
+    pairs = draw_configs(space, a.seed, n_configs)
+    if a.smoke:
+        commit = None
+        print(f"smoke: no baseline worktree, the current arm ({REPO}) stands in for the baseline; {len(pairs)} "
+              f"configurations + twins = {2 * len(pairs)} trials; {a.threads} thread(s); {a.rounds} round(s); "
+              f"{' '.join(extra)}", flush=True)
+    else:
+        commit = subprocess.run(["git", "rev-parse", "--verify", a.baseline + "^{commit}"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        print(f"baseline {commit}, current {REPO} (working tree); {len(pairs)} configurations + twins = "
+              f"{2 * len(pairs)} trials; {a.threads} threads; {a.rounds} rounds", flush=True)
     for i, (p, _) in enumerate(pairs):
         print(f"  config {i:2d}: " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in p.items() if k != KD))
 
@@ -194,16 +229,22 @@ def main() -> int:
     worktree = tmp / "baseline"
     added = False
     try:
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPO, check=True,
-                       capture_output=True, text=True)
-        added = True
-        arms = {"baseline": worktree, "current": REPO}
+        if commit is not None:
+            subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPO, check=True,
+                           capture_output=True, text=True)
+            added = True
+            arms = {"baseline": worktree, "current": REPO}
+        else:
+            arms = {"current": REPO}
+        sets = {}
         for name, root in arms.items():
             if not (root / rel).exists():
                 raise SystemExit(f"{name}: {rel} does not exist at {root}")
+            sets[name] = arm_sets(root / rel, 2 * len(pairs), extra)
+            print(f"{name}: {rel} with --set {' --set '.join(sets[name])}", flush=True)
             # Untimed warm-up: the teacher is trained and cached once per arm; prints where autokd came from.
             out, wall = run(search_args(root, root / rel, f"sqlite:///{tmp}/warmup-{name}.db", tmp / f"cache-{name}",
-                                        a.threads, ["search.n_trials=1", "search.kd_twins=false"]),
+                                        a.threads, [*sets[name], "search.n_trials=1", "search.kd_twins=false"]),
                             root, show=True, what=f"{name} warm-up")
             print(f"{name}: {out.splitlines()[0]} (warm-up {wall:.1f}s, teacher cached)", flush=True)
 
@@ -211,18 +252,20 @@ def main() -> int:
         for r in range(a.rounds):
             order = ["baseline", "current"] if r % 2 == 0 else ["current", "baseline"]
             res: dict[str, Any] = {}
-            for name in order:
+            for name in (n for n in order if n in arms):
                 root = arms[name]
                 db = tmp / f"r{r}-{name}.db"
                 storage = f"sqlite:///{db}"
-                run(["-c", SETUP, str(root), str(root / rel), storage, json.dumps(pairs)], root,
-                    what=f"{name} study setup")
-                _, wall = run(search_args(root, root / rel, storage, tmp / f"cache-{name}", a.threads, []), root,
-                              what=f"{name} search (round {r})")
+                run(["-c", SETUP, str(root), str(root / rel), storage, json.dumps(pairs), json.dumps(sets[name])],
+                    root, what=f"{name} study setup")
+                _, wall = run(search_args(root, root / rel, storage, tmp / f"cache-{name}", a.threads, sets[name]),
+                              root, what=f"{name} search (round {r})")
                 seconds, acc = read_trials(db, pairs)
                 res[name] = {"seconds": seconds, "wall": wall, "acc": acc}
                 print(f"round {r} {name:8s}: trial time {seconds:7.1f}s  wall {wall:7.1f}s  "
                       f"mean val acc {100 * statistics.fmean(acc.values()):.2f}%", flush=True)
+            if "baseline" not in res:  # --smoke: the current arm stands in for the baseline
+                res["baseline"] = res["current"]
             b, c = res["baseline"], res["current"]
             diff = statistics.fmean(abs(c["acc"][k] - b["acc"][k]) for k in b["acc"])
             res["ratio"] = c["seconds"] / b["seconds"]

@@ -3,7 +3,7 @@ the bias early stopping adds to the KD gain (issue 9).
 
     python bench/early_stop.py [--seeds 3] [--trials 24] [--epochs 6] [--finetune-epochs 3] [--threads 1]
                                [--mode extrapolate|rung] [--margin M] [--width W] [--min-complete N] [--min-epoch E]
-                               [--sim-studies 400] [--keep DIR] [--analyze DIR]
+                               [--sim-studies 400] [--keep DIR] [--analyze DIR] [--smoke]
 
 **Searches.** spaces/mobilenet.yaml with KD fixed (``distill.kd: false``, ``search.kd_twins: false``: no teacher,
 no twins), ``--sampler`` (default: autokd's, GP; TPE before GP became the default) and the demo's 6 + 3 epochs per
@@ -49,6 +49,9 @@ Last line: ``epoch_ratio=<report convention> hv_ratio=<report convention> kd_bia
 epoch_ratio_without_stopping=... epoch_ratio_log=... epoch_ratio_log_without_stopping=... hv_ratio_log=...
 seeds=N seconds=S``. About 7-10 minutes on 2 busy cores (two arms of 2-3 minutes side by side per seed); the
 simulation takes seconds.
+
+``--smoke`` (tests/test_benches.py): 1 seed, 2 trials of 1 + 1 epochs on 200 training images at 8 px per arm, 4
+simulated studies per cell: seconds, the code paths only (its ratios mean nothing).
 """
 
 from __future__ import annotations
@@ -106,12 +109,14 @@ except KeyboardInterrupt:
 
 
 def overrides(args: argparse.Namespace, seed: int, early_stop: bool) -> list[str]:
-    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), ``--sampler``, the given epochs and budget."""
+    """spaces/mobilenet.yaml with KD fixed (off: no teacher, no twins), ``--sampler``, the given epochs and budget
+    (``--smoke``: 200 training images at 8 px)."""
     return ["distill.kd=false", "search.kd_twins=false", "search.design=null", f"search.sampler={args.sampler}",
             f"search.seed={seed}",
             f"search.n_trials={args.trials}",
             f"train.epochs={args.epochs}", f"compress.finetune_epochs={args.finetune_epochs}",
-            f"search.early_stop={'true' if early_stop else 'false'}", f"name={NAME}"]
+            f"search.early_stop={'true' if early_stop else 'false'}", f"name={NAME}",
+            *(["dataset.image_size=8", "dataset.limit=200"] if getattr(args, "smoke", False) else [])]
 
 
 def run_arms(args: argparse.Namespace, folder: Path, seed: int) -> dict[str, float]:
@@ -206,7 +211,7 @@ def ratios(plain: list[dict[str, Any]], stop: list[dict[str, Any]], *, reference
     return {"budget": budget, "plain_hv": final, "stop_hv": hv_at(cs, budget), "plain_epochs_full": plain_full,
             "plain_epochs_98": plain_98, "stop_epochs_98": stop_98,
             "epoch_ratio": plain_full / stop_98 if stop_98 else 0.0,
-            "epoch_ratio_no_stopping": plain_full / plain_98,
+            "epoch_ratio_no_stopping": plain_full / plain_98 if plain_98 else float("nan"),  # 0: no area at all
             "hv_ratio": hv_at(cs, budget) / final if final > 0 else float("nan")}
 
 
@@ -332,7 +337,12 @@ def main() -> None:
     ap.add_argument("--sim-studies", type=int, default=400, help="simulated studies per KD-bias cell")
     ap.add_argument("--keep", type=Path, default=None, help="keep the studies in DIR")
     ap.add_argument("--analyze", type=Path, default=None, help="analyze the studies kept in DIR (nothing runs)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 seed, 2 trials of 1 + 1 epochs, 200 images at 8 px, 4 simulated studies: checks "
+                         "that the bench runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.seeds, args.trials, args.epochs, args.finetune_epochs, args.sim_studies = 1, 2, 1, 1, 4
     rule = StopRule(mode=args.mode, margin=args.margin, width=args.width, min_complete=args.min_complete,
                     min_epoch=args.min_epoch)
     seeds = list(range(args.seeds))

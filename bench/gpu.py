@@ -1,6 +1,6 @@
 """Training throughput on a device, from CIFAR-shaped synthetic tensors (no dataset, no network).
 
-    python bench/gpu.py [--device auto|cpu|cuda|cuda:N] [--images N] [--epochs 3] [--threads T]
+    python bench/gpu.py [--device auto|cpu|cuda|cuda:N] [--images N] [--epochs 3] [--threads T] [--smoke]
 
 What is timed, each with autokd's own training loop (``autokd.train.fit``: the loop every trial runs) after one
 untimed warm-up epoch, over ``--epochs`` epochs (3) of ``--images`` images (default 50,000 on CUDA -- CIFAR-100's
@@ -26,6 +26,10 @@ and a 100-trial study = 100 such trials on one device.
 Last line: ``student_images_per_s=… kd_images_per_s=… teacher_images_per_s=… trial_hours=… study_days=…
 channels_last_ratio=<student time in channels_last / NCHW> bf16_ratio=<bf16 / fp32 time, CUDA only, else nan>
 deterministic=yes|no device=…``.
+
+``--smoke`` (tests/test_benches.py): 16 images (unless ``--images`` says otherwise), 1 epoch, 1 CPU thread (unless
+``--threads`` says otherwise), on whatever device ``--device`` resolves to (the CPU where there is no CUDA):
+seconds, the code paths only.
 """
 
 from __future__ import annotations
@@ -80,7 +84,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--smoke", action="store_true", help="16 images, 1 epoch, 1 thread: checks the bench runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.epochs, args.threads = args.images or 16, 1, args.threads or 1
     device = resolve_device(args.device)
     make_deterministic(device)
     if args.threads:

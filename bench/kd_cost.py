@@ -4,26 +4,36 @@ For each of a few configurations of spaces/mobilenet.yaml with train.augment on,
 KD-off twin (same settings and seed) through autokd.objective.run_config, with the teacher's logits over the view
 pool cached (what a search does). For contrast it also times KD with the teacher run on every augmented batch.
 
-    python bench/kd_cost.py [--repeats 2] [--set train.epochs=4 ...]
+    python bench/kd_cost.py [--repeats 2] [--set train.epochs=4 ...] [--smoke]
 
 Prints one line per configuration and the median ratios. Timings depend on the machine; the ratio is the point.
+Last line: ``kd_cost_ratio=<median KD / twin time, cached logits> teacher_per_batch_ratio=<median KD time with the
+teacher run per batch / twin time> configs=<n> repeats=<n>``.
+
+``--smoke`` (tests/test_benches.py): the first configuration, 1 repeat, students 1 + 1 epochs and one teacher of
+1 epoch on 200 training images at 8 px, 1 torch thread: seconds, the code paths only.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import torch
 
-from autokd.data import load_dataset
-from autokd.objective import TrialInputs, prepare_inputs, run_config, view_pool
-from autokd.sampling import sample
-from autokd.space import load_space
-from autokd.teacher import get_teacher
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from autokd.data import load_dataset  # noqa: E402
+from autokd.objective import TrialInputs, prepare_inputs, run_config, view_pool  # noqa: E402
+from autokd.sampling import sample  # noqa: E402
+from autokd.space import load_space  # noqa: E402
+from autokd.teacher import get_teacher  # noqa: E402
 
 CONFIGS = [
     {"model.width_mult": 0.5, "model.conv": "depthwise", "compress.prune_ratio": 0.0, "compress.bits": 32},
@@ -32,6 +42,8 @@ CONFIGS = [
 ]
 BASE = {"model.depth_mult": 1.0, "model.kernel_size": 3, "model.expand_ratio": 4, "train.label_smoothing": 0.0,
         "train.augment": True}
+SMOKE_SETS = ["train.epochs=1", "compress.finetune_epochs=1", "distill.teacher.epochs=1",
+              "distill.teacher.ensemble=1", "dataset.image_size=8", "dataset.limit=200"]
 
 
 class PerBatchLogits:
@@ -50,15 +62,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="runs per side (alternating order; fastest kept)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 configuration, 1 repeat, tiny training: checks that the bench runs (seconds)")
     args = ap.parse_args()
-    space = load_space("spaces/mobilenet.yaml", overrides=["search.design=null", *args.overrides])  # single pairs
+    configs = CONFIGS
+    if args.smoke:
+        configs, args.repeats, args.overrides = CONFIGS[:1], 1, [*SMOKE_SETS, *args.overrides]
+        torch.set_num_threads(1)  # tiny models: one thread, and no spinning against other work on a busy machine
+    space = load_space(REPO / "spaces" / "mobilenet.yaml",
+                       overrides=["search.design=null", *args.overrides])  # single pairs
     data = load_dataset(space.dataset)
     with tempfile.TemporaryDirectory() as cache:
         pool = view_pool(space, data)
         teacher = get_teacher(space, data, pool=pool, cache_dir=cache)
         inputs = prepare_inputs(space, data, teacher=teacher, pool=pool)
         ratios, naive = [], []
-        for params in CONFIGS:
+        for params in configs:
             runs: dict[bool, list[float]] = {True: [], False: []}
             for r in range(args.repeats):
                 # Alternate the order so that a load spike does not always hit the same side; keep the fastest.
@@ -81,6 +100,8 @@ def main() -> None:
     print(f"median KD/twin time ratio with cached view-pool logits: {statistics.median(ratios):.2f} (target <= 1.3)")
     print(f"median ratio with the teacher ({space.distill.teacher.ensemble} member(s)) run per batch: "
           f"{statistics.median(naive):.2f}")
+    print(f"kd_cost_ratio={statistics.median(ratios):.3f} teacher_per_batch_ratio={statistics.median(naive):.3f} "
+          f"configs={len(configs)} repeats={args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """kill -9 of a search worker at random moments of one search; then the search is run to its end and checked.
 
-    python bench/kill9.py [--kills 10] [--seed 0] [--trials 8] [--teacher-epochs 16] [--keep DIR]
+    python bench/kill9.py [--kills 10] [--seed 0] [--trials 8] [--teacher-epochs 16] [--keep DIR] [--smoke]
 
 A small KD space (digits at 8 px, MobileNetV2 students trained 2 + 2 epochs, ``distill.kd`` searched so every
 trial has its KD twin, augmentation on so the teacher's logits over the view pool are cached too, a ResNet teacher
@@ -37,6 +37,9 @@ workers' TMPDIR is a folder of the run) are reported.
 Last line: ``kills=<n> lost=<n> changed=<n> running_left=<n> teacher_cache=<loads|...> complete=<n>`` and more
 counts (``tmp_left``, ``broken_pairs``, ``retries``, ``models_load``). ``run()`` is what tests/study/test_kill9.py
 calls.
+
+``--smoke`` (tests/test_benches.py): 1 kill (aimed at the start of the teacher's training: ``--seed`` 309 unless
+given), 2 trials, a teacher of 2 epochs, 200 training images: the code paths only, in seconds.
 """
 
 from __future__ import annotations
@@ -66,13 +69,16 @@ if str(REPO) not in sys.path:
 NAME = "kill9"
 TRIAL_EPOCHS = 4  # train.epochs + compress.finetune_epochs of the space below
 RUN_TIMEOUT = 300.0  # seconds: a worker that reaches no kill target by then is a failure of the bench
+# --smoke's seed: its one kill is aimed at the very start of the teacher's training (u = 0.06, v = 0.00), which a
+# teacher of 2 epochs on 200 images does not outrun (seed 0 aims 57 ms into its second epoch: past its save).
+SMOKE_SEED = 309
 
 
-def kill_space(*, n_trials: int = 8, teacher_epochs: int = 16) -> dict[str, Any]:
+def kill_space(*, n_trials: int = 8, teacher_epochs: int = 16, limit: int | None = None) -> dict[str, Any]:
     return {
         "version": 1,
         "name": NAME,
-        "dataset": {"name": "digits", "image_size": 8},
+        "dataset": {"name": "digits", "image_size": 8, **({"limit": limit} if limit else {})},
         "model": {"family": "mobilenetv2", "width_mult": {"choices": [0.25, 0.5, 0.75, 1.0]}},
         "distill": {"kd": {"choices": [True, False]},
                     "teacher": {"family": "resnet", "width": 16, "epochs": teacher_epochs}},
@@ -323,29 +329,30 @@ def _reader(proc: subprocess.Popen, events: list[tuple[float, dict]], raw: list[
 
 
 def run(kills: int = 10, seed: int = 0, workdir: str | Path | None = None, *, n_trials: int = 8,
-        teacher_epochs: int = 16, ask_kills: int = 0, say: Any = print) -> dict[str, Any]:
+        teacher_epochs: int = 16, ask_kills: int = 0, limit: int | None = None, say: Any = print) -> dict[str, Any]:
     """Kill a search ``kills`` times at seeded random moments, run it to its end, check it; returns the counts.
 
-    ``workdir``: where the space, study, cache and logs go (a temporary folder, removed afterwards, if None)."""
+    ``workdir``: where the space, study, cache and logs go (a temporary folder, removed afterwards, if None);
+    ``limit``: the space's ``dataset.limit`` (training images; None: all of them)."""
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="autokd-kill9-")) if own else Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
         return _run(kills, seed, work, n_trials=n_trials, teacher_epochs=teacher_epochs, ask_kills=ask_kills,
-                    say=say)
+                    limit=limit, say=say)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(kills: int, seed: int, work: Path, *, n_trials: int, teacher_epochs: int, ask_kills: int,
-         say: Any) -> dict[str, Any]:
+         limit: int | None = None, say: Any) -> dict[str, Any]:
     from autokd.study import default_artifacts_dir
 
     started = time.monotonic()
     rng = random.Random(seed)
     space_path = work / "space.yaml"
-    space_path.write_text(yaml.safe_dump(kill_space(n_trials=n_trials, teacher_epochs=teacher_epochs),
+    space_path.write_text(yaml.safe_dump(kill_space(n_trials=n_trials, teacher_epochs=teacher_epochs, limit=limit),
                                          sort_keys=False))
     db = work / f"{NAME}.db"
     url = f"sqlite:///{db}"
@@ -556,19 +563,27 @@ def summary_line(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the kill targets and moments")
+    ap.add_argument("--seed", type=int, default=None,
+                    help=f"seed of the kill targets and moments [default 0; {SMOKE_SEED} with --smoke]")
     ap.add_argument("--trials", type=int, default=8, help="search.n_trials (KD twins included)")
     ap.add_argument("--teacher-epochs", type=int, default=16)
     ap.add_argument("--ask-kills", type=int, default=0,
                     help="kills aimed at a trial RUNNING before its worker is recorded (a known gap; off)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the study, cache and logs in this folder")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 kill, 2 trials, a teacher of 2 epochs, 200 images: checks that the bench runs")
     args = ap.parse_args(argv)
+    limit = None
+    if args.smoke:
+        args.kills, args.trials, args.teacher_epochs, args.ask_kills, limit = 1, 2, 2, 0, 200
+    if args.seed is None:
+        args.seed = SMOKE_SEED if args.smoke else 0
     if args.keep is not None and args.keep.exists():
         shutil.rmtree(args.keep)
     print(f"{args.kills} kills (seed {args.seed}) of a search of {args.trials} trials with KD twins; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     r = run(args.kills, args.seed, args.keep, n_trials=args.trials, teacher_epochs=args.teacher_epochs,
-            ask_kills=args.ask_kills, say=lambda line: print(line, flush=True))
+            ask_kills=args.ask_kills, limit=limit, say=lambda line: print(line, flush=True))
     print(f"phases {r['phases']}; states {r['states']}; retries {r['retries']}; failed {r['failed']}; "
           f"models load {r['models_load']}/{r['complete']}; KD trials' teacher hashes {r['kd_teacher_hashes']} "
           f"(cached teacher {r['teacher_hash']}); models of trials that did not complete kept: "

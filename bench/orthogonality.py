@@ -28,12 +28,14 @@ Cells:
     interaction_ind  as interaction, with bits sampled independently
     single       as constant, with width as the only factor
 
-    python bench/orthogonality.py [--reps 2000] [--perms 499] [--quick] [--jobs 1] [--seed 0]
+    python bench/orthogonality.py [--reps 2000] [--perms 499] [--quick | --smoke] [--jobs 1] [--seed 0]
                                   [--design-only | --no-design]
 
 By default the designed procedure of ``bench/orthogonality_design.py`` (design, internal pilot, plan, analysis)
-runs after these cells, with the same --quick, --jobs and --seed, and its keys are appended to the last line;
-``--design-only`` runs only it (its keys alone), ``--no-design`` skips it.
+runs after these cells, with the same --quick / --smoke, --jobs and --seed, and its keys are appended to the last
+line; ``--design-only`` runs only it (its keys alone), ``--no-design`` skips it. ``--smoke`` (tests/test_benches.py):
+4 replications and 19 sign-flip resamples per row, and the design bench's ``--smoke``: seconds, the code paths only
+(rates from 4 replications mean nothing; a rate with no replication to count is ``nan``).
 
 The last line is ``coverage_min=... false_blame=... false_orthogonal=... power40=... orthogonal_null40=...``:
 
@@ -205,7 +207,8 @@ def _f(x: float, width: int = 5) -> str:
 
 
 def run_design(args: argparse.Namespace) -> str:
-    """bench/orthogonality_design.py's main (same --quick, --jobs, --seed); its last line's keys as one string."""
+    """bench/orthogonality_design.py's main (same --quick / --smoke, --jobs, --seed); its last line's keys as one
+    string."""
     import importlib.util
 
     name = "bench_orthogonality_design"
@@ -217,7 +220,8 @@ def run_design(args: argparse.Namespace) -> str:
         spec.loader.exec_module(module)
     module = sys.modules[name]
     print(flush=True)
-    out = module.main(["--jobs", str(args.jobs), "--seed", str(args.seed)] + (["--quick"] if args.quick else []))
+    out = module.main(["--jobs", str(args.jobs), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+                      + (["--smoke"] if args.smoke else []))
     return " ".join(f"{k}={out[k]:.3f}" if math.isfinite(out[k]) else f"{k}=nan" for k in module.KEYS)
 
 
@@ -225,7 +229,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2000, help="replications per cell and n (default 2000)")
     ap.add_argument("--perms", type=int, default=499, help="sign-flip resamples per test (default 499)")
-    ap.add_argument("--quick", action="store_true", help="300 replications, 199 resamples")
+    speed = ap.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="300 replications, 199 resamples")
+    speed.add_argument("--smoke", action="store_true",
+                       help="4 replications, 19 resamples, the design bench's --smoke: checks that the bench runs")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     which = ap.add_mutually_exclusive_group()
@@ -235,7 +242,7 @@ def main() -> None:
     if args.design_only:
         print(run_design(args))
         return
-    reps, perms = (300, 199) if args.quick else (args.reps, args.perms)
+    reps, perms = (300, 199) if args.quick else (4, 19) if args.smoke else (args.reps, args.perms)
     start = time.perf_counter()
     tasks = [(cell, n, reps, perms, args.seed) for cell in CELLS for n in SIZES]
     tau_tasks = [(k, R, tau, reps, args.seed) for R in (2, 3) for k in SIZES for tau in (0.0, MARGIN / 2, MARGIN)]

@@ -1,6 +1,6 @@
 """autokd's overhead on one trial: ``run_config`` against a plain hand-written PyTorch loop doing the same work.
 
-    python bench/overhead.py [--rounds 7] [--threads 2] [--epochs N] [--finetune-epochs N] [--profile]
+    python bench/overhead.py [--rounds 7] [--threads 2] [--epochs N] [--finetune-epochs N] [--profile] [--smoke]
 
 The configuration ("mobilenet-float"): spaces/mobilenet.yaml with every searched field fixed (``FIXED`` below) --
 float (compress.bits 32), unpruned (prune_ratio 0), KD off, model.width_mult 1.0, depth_mult 1.0, kernel_size 3,
@@ -46,6 +46,9 @@ weights and costs are compared too and printed).
 
 Last line: ``overhead_ratio=<median over rounds of autokd / plain, 3 decimals> rounds=<n> autokd_s=<median>
 plain_s=<median> same_accuracy=<yes|no>``. Target: overhead_ratio <= 1.05.
+
+``--smoke`` (tests/test_benches.py): 1 round after the warm-up, 1 + 1 epochs on 200 training images at 8 px, 1
+thread: seconds, the code paths only (the bitwise comparison included).
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ FIXED = {"model.width_mult": 1.0, "model.depth_mult": 1.0, "model.kernel_size": 
 METRICS = ("val_accuracy", "test_accuracy", "flops", "bitops", "size_bytes", "params")
 
 
-def configuration(epochs: int | None, finetune_epochs: int | None) -> TrialConfig:
+def configuration(epochs: int | None, finetune_epochs: int | None, extra: list[str] = ()) -> TrialConfig:
     overrides = [f"train.epochs={epochs}"] if epochs is not None else []
     overrides += [f"compress.finetune_epochs={finetune_epochs}"] if finetune_epochs is not None else []
+    overrides += list(extra)
     space = load_space(SPACE, overrides=overrides + ["search.design=null"])  # every field fixed: nothing to design
     cfg = sample(space, optuna.trial.FixedTrial(FIXED))
     if cfg.params != FIXED:
@@ -230,12 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=None,
                     help="compress.finetune_epochs (default: the space's, 3)")
     ap.add_argument("--profile", action="store_true", help="also cProfile one run of each arm")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 round, 1 + 1 epochs, 200 images at 8 px, 1 thread: checks that the bench runs")
     args = ap.parse_args(argv)
+    extra = []
+    if args.smoke:
+        args.rounds, args.threads, args.epochs, args.finetune_epochs = 1, 1, 1, 1
+        extra = ["dataset.image_size=8", "dataset.limit=200"]
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     torch.set_num_threads(args.threads)
 
-    cfg = configuration(args.epochs, args.finetune_epochs)
+    cfg = configuration(args.epochs, args.finetune_epochs, extra)
     r = recipe(cfg)
     data = load_dataset(cfg.dataset)
     arms = {"autokd": (autokd_run, cfg, data), "plain": (plain_run, data, r)}

@@ -1,13 +1,14 @@
 """One worker with 2 threads against 2 workers with 1 thread each, on the same 16 trials (issue target: <= 1.0).
 
     python bench/workers.py [--rounds 3] [--trials 16] [--epochs 6] [--finetune-epochs 2] [--image-size 16]
-                            [--seed 0] [--keep DIR]
+                            [--seed 0] [--keep DIR] [--smoke]
 
 The space is spaces/mobilenet.yaml made smaller (digits at 16 px, students trained ``--epochs`` + fine-tuned
-``--finetune-epochs`` epochs, ``distill.kd: false``: no teacher, no KD twins, so both arms run exactly the trials
-given to them). ``--trials`` distinct configurations are drawn once (seeded) from the space's searched dimensions.
-Each round runs both arms, alternated (A B, then B A, ...), each on a fresh SQLite study in a temporary folder into
-which the same configurations were enqueued before the clock starts:
+``--finetune-epochs`` epochs, ``distill.kd: false``: no teacher, no KD twins, and ``search.early_stop: false``:
+every trial trains to its end, so both arms run exactly the trials given to them and the same work). ``--trials``
+distinct configurations are drawn once (seeded) from the space's searched dimensions. Each round runs both arms,
+alternated (A B, then B A, ...), each on a fresh SQLite study in a temporary folder into which the same
+configurations were enqueued before the clock starts:
 
     A: python -m autokd search SPACE --storage URL --device cpu --workers 1 --threads 2
     B: python -m autokd search SPACE --storage URL --device cpu --workers 2      (1 thread each on 2 cores)
@@ -27,6 +28,9 @@ Timings depend on the machine and on what else runs on it: the load average is p
 threads in one process suffer much more from other processes on a 2-core machine than two single-thread workers
 (a parallel region waits for its slowest thread), so on a busy machine the ratio drops well below what a quiet one
 gives; compare rounds with their load, and prefer more rounds (--rounds 5) on a quiet machine.
+
+``--smoke`` (tests/test_benches.py): 1 round of 2 trials of 1 + 1 epochs on 200 training images at 8 px, the one
+worker on 1 thread (two threads spin against whatever else runs on a busy machine): seconds, the code paths only.
 """
 
 from __future__ import annotations
@@ -53,17 +57,24 @@ from autokd.space import dimensions, space_from_dict  # noqa: E402
 NAME = "bench-workers"
 
 
-def bench_space(*, trials: int, epochs: int, finetune_epochs: int, image_size: int) -> dict[str, Any]:
-    """spaces/mobilenet.yaml, smaller: no KD (no teacher, no twins), a few epochs, ``trials`` trials."""
+def bench_space(*, trials: int, epochs: int, finetune_epochs: int, image_size: int,
+                limit: int | None = None) -> dict[str, Any]:
+    """spaces/mobilenet.yaml, smaller: no KD (no teacher, no twins), no early stopping, a few epochs, ``trials``
+    trials."""
     space = yaml.safe_load((REPO / "spaces" / "mobilenet.yaml").read_text())
     space["name"] = NAME
     space["dataset"]["image_size"] = image_size
+    if limit is not None:
+        space["dataset"]["limit"] = limit
     space["distill"] = {"kd": False}
     space["train"]["epochs"] = epochs
     space["compress"]["finetune_epochs"] = finetune_epochs
     space["search"].update(n_trials=trials, sampler="random")
     space["search"].pop("startup_trials", None)
     space["search"].pop("design", None)  # no KD, no twins: nothing to design
+    # Early stopping is on by default when KD is not searched: it would stop (PRUNED) some enqueued trials, and the
+    # arms would no longer run the same trials to their end.
+    space["search"]["early_stop"] = False
     return space
 
 
@@ -95,8 +106,10 @@ def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
-def run_arm(space_path: Path, space: Any, configs: list[dict[str, Any]], workers: int, folder: Path) -> dict:
-    """One timed run of an arm on a fresh study holding ``configs`` as queued trials."""
+def run_arm(space_path: Path, space: Any, configs: list[dict[str, Any]], workers: int, folder: Path,
+            threads: int = 2) -> dict:
+    """One timed run of an arm on a fresh study holding ``configs`` as queued trials (one worker: ``threads``
+    torch threads)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -113,7 +126,7 @@ def run_arm(space_path: Path, space: Any, configs: list[dict[str, Any]], workers
     del study
     cmd = [sys.executable, "-m", "autokd", "search", str(space_path), "--storage", url, "--device", "cpu",
            "--cache-dir", str(folder / "teachers")]
-    cmd += ["--workers", "1", "--threads", "2"] if workers == 1 else ["--workers", str(workers)]
+    cmd += ["--workers", "1", "--threads", str(threads)] if workers == 1 else ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(NO_COLOR="1", COLUMNS="160")
     log = folder / "log.txt"
@@ -157,10 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=16, help="dataset.image_size (digits)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the drawn configurations")
     ap.add_argument("--keep", type=Path, default=None, help="keep the studies and logs in this folder")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 round, 2 trials of 1 + 1 epochs, 200 images at 8 px: checks that the bench runs")
     args = ap.parse_args(argv)
+    threads = 2
+    if args.smoke:
+        args.rounds, args.trials, args.epochs, args.finetune_epochs, args.image_size, threads = 1, 2, 1, 1, 8, 1
 
     data = bench_space(trials=args.trials, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                       image_size=args.image_size)
+                       image_size=args.image_size, limit=200 if args.smoke else None)
     space = space_from_dict(data)
     configs = draw_configs(space, args.trials, args.seed)
     root = Path(tempfile.mkdtemp(prefix="autokd-bench-workers-")) if args.keep is None else args.keep.resolve()
@@ -179,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             order = (1, 2) if r % 2 == 0 else (2, 1)
             got = {}
             for w in order:
-                got[w] = run_arm(space_path, space, configs, w, root / f"round{r}-w{w}")
+                got[w] = run_arm(space_path, space, configs, w, root / f"round{r}-w{w}", threads)
                 times[w].append(got[w]["seconds"])
                 to_target[w].append(got[w]["to_target"])
-                print(f"round {r + 1} {'1 worker x 2 threads' if w == 1 else '2 workers x 1 thread'}: "
+                print(f"round {r + 1} {f'1 worker x {threads} threads' if w == 1 else '2 workers x 1 thread'}: "
                       f"{got[w]['seconds']:6.1f}s (last enqueued trial COMPLETE at {got[w]['to_target']:6.1f}s, "
                       f"sum of trial times {got[w]['trial_s']:6.1f}s, extra trials {got[w]['extra']}; "
                       f"load {load()})", flush=True)

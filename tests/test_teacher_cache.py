@@ -118,6 +118,14 @@ def test_concurrent_workers_train_the_teacher_once(space, tmp_path):
     assert names(folder) == [path.name]  # no lock or temp file left behind
 
 
+def test_the_lock_holder_removes_a_dead_writers_temp_file(tmp_path):
+    # kill -9 between atomic_save's mkstemp and its rename leaves <name><random>.tmp; the next holder removes it
+    (tmp_path / "k.ptabc123.tmp").write_bytes(b"half a teacher")
+    (tmp_path / "k-views-p.ptxyz.tmp").write_bytes(b"another file's")  # not this file's: left alone
+    with cache_lock(tmp_path / "k.pt", progress=EventLog(), what="teacher", key="k"):
+        assert names(tmp_path) == ["k-views-p.ptxyz.tmp", "k.lock"]
+
+
 def test_an_uncontended_lock_says_nothing_and_leaves_nothing(tmp_path):
     events = EventLog()
     with cache_lock(tmp_path / "k.pt", progress=events, what="teacher", key="k"):
