@@ -47,6 +47,7 @@ from autokd.progress import ProgressCallback, silent
 from autokd.sampling import DESIGN_POINT_ATTR, TrialConfig, replicate_of, sample
 from autokd.space import Choices, Space
 from autokd.teacher import Teacher, ViewPool, augment_policy, pool_logits, view_accuracy
+from autokd.trial_index import index_of, params_key
 from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
@@ -270,21 +271,18 @@ def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False, r
     study = getattr(trial, "study", None)
     if study is None:
         return None
-    states = (TrialState.COMPLETE, TrialState.RUNNING) + ((TrialState.PRUNED,) if stopped else ())
-    for other in study.get_trials(deepcopy=False, states=states):
-        if other.number == trial.number or replicate_of(other.user_attrs) != replicate:
-            continue
+    index = index_of(study)  # finished trials by key; only what changed since the last look is read
+    found = [n for n, state, was_stopped in index.finished_by_key.get(params_key(params, replicate), ())
+             if n != trial.number and (state == TrialState.COMPLETE or (stopped and was_stopped))]
+    for n, other in index.unfinished.items():
         # A RUNNING trial popped from the queue writes its params one suggest at a time: what it will run is in
-        # Optuna's record of the enqueued params (without it, two workers that popped copies of one queued twin
+        # Optuna's record of the enqueued parameters (without it, two workers that popped copies of one queued twin
         # could each see the other's params half written, and both train it).
-        if {**other.system_attrs.get("fixed_params", {}), **other.params} != params:
+        if other.state != TrialState.RUNNING or n >= trial.number or replicate_of(other.user_attrs) != replicate:
             continue
-        if other.state == TrialState.PRUNED:
-            if STOPPED_REASON_ATTR in other.user_attrs:
-                return other.number
-        elif other.state == TrialState.COMPLETE or other.number < trial.number:
-            return other.number
-    return None
+        if {**other.system_attrs.get("fixed_params", {}), **other.params} == params:
+            found.append(n)
+    return min(found) if found else None
 
 
 def stop_references(study: Any) -> list[Reference]:

@@ -2,7 +2,7 @@
 
     python bench/samplers.py [--seeds 10] [--trials 100] [--jobs 2] [--plot docs/samplers.png]
                              [--data bench/data/mobilenet_digits_trials.csv] [--samplers tpe,nsga2,random,gp]
-                             [--noise repeat|residual] [--cost-scale log10|linear]
+                             [--noise repeat|residual] [--cost-scale log10|linear] [--smoke]
 
 The problem: the default space ``spaces/mobilenet.yaml`` (MobileNetV2 students on digits; maximize val accuracy,
 minimize BitOps) with ``distill.kd`` fixed to true (``--set distill.kd=true``: no twins), 9 searched categorical
@@ -59,6 +59,11 @@ duplicates proposed and the sampler's seconds per ask; per seed the winner, and 
 with IQR bands. Last line: ``trials_to_random100=<best's median> best=<name> <sampler>=<median trials> ...
 ratio_<sampler>=<median trials / budget> ...`` (best: fewest median trials to the target, then highest median HV
 at the budget).
+
+``--smoke`` (tests/test_benches.py): 3 seeds x 10 trials on 1 process, a 2-fold cross-validation without repeats
+(random forests of 50 trees), the picture and any missing planned costs written into a temporary folder (never
+docs/ or bench/data/): seconds, the code paths only (the keys stay those of a full run: ``trials_to_random100`` is
+then the trials to random's median HV at 10).
 
 RESULTS (2-core machine shared with other work, 2 processes; 400 trained rows, 80 repeat pairs; log10 costs, as
 autokd tells them since GP became the default):
@@ -215,8 +220,9 @@ def one_hot(dims: list[Any], configs: list[tuple]) -> np.ndarray:
     return np.array(cols).T
 
 
-def candidates() -> dict[str, tuple[Any, str]]:
-    """name -> (a function making an unfitted model, its features: "ord" (params + log costs) or "onehot")."""
+def candidates(trees: int = 500) -> dict[str, tuple[Any, str]]:
+    """name -> (a function making an unfitted model, its features: "ord" (params + log costs) or "onehot");
+    ``trees``: of each random forest."""
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.dummy import DummyRegressor
     from sklearn.ensemble import RandomForestRegressor
@@ -230,11 +236,11 @@ def candidates() -> dict[str, tuple[Any, str]]:
         "additive (ridge, one-hot)": (lambda: RidgeCV(alphas=alphas), "onehot"),
         "additive + pairs (ridge)": (lambda: make_pipeline(
             PolynomialFeatures(2, interaction_only=True, include_bias=False), RidgeCV(alphas=alphas)), "onehot"),
-        "random forest": (lambda: RandomForestRegressor(500, min_samples_leaf=2, max_features=0.5,
+        "random forest": (lambda: RandomForestRegressor(trees, min_samples_leaf=2, max_features=0.5,
                                                         random_state=0, n_jobs=1), "ord"),
         "gradient boosting": (boosting, "ord"),
         "random forest, log error": (lambda: TransformedTargetRegressor(
-            RandomForestRegressor(500, min_samples_leaf=2, max_features=0.5, random_state=0, n_jobs=1),
+            RandomForestRegressor(trees, min_samples_leaf=2, max_features=0.5, random_state=0, n_jobs=1),
             func=_log_error, inverse_func=_from_log_error), "ord"),
         CHOSEN: (surrogate_model, "ord"),
     }
@@ -480,7 +486,60 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"how the samplers are told BitOps (default {COST_SCALE}, as autokd tells a new study; "
                          "linear: the raw count, as studies made before were told)")
     ap.add_argument("--plot", default=str(REPO / "docs" / "samplers.png"), help="'' for no picture")
+    ap.add_argument("--smoke", action="store_true",
+                    help="3 seeds x 10 trials, 1 process, 2-fold cross-validation, picture in a temporary folder: "
+                         "checks that the bench runs (seconds)")
     args = ap.parse_args(argv)
+    if not args.smoke:
+        return _main(args, folds=10, repeats=3, trees=500)
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="autokd-samplers-") as tmp:
+        args.seeds, args.trials, args.jobs, args.plot = 3, 10, 1, str(Path(tmp) / "samplers.png")
+        if Path(args.costs).exists():  # costs measured here would go to the copy, not into bench/data
+            args.costs = shutil.copy(args.costs, Path(tmp) / Path(args.costs).name)
+        return _main(args, folds=2, repeats=1, trees=50)
+
+
+def surrogate_world(dims: list[Any], configs: list[tuple], x_ord: np.ndarray, y: np.ndarray,
+                    costs: dict[tuple, dict[str, float]], noise: dict[str, Any] | float, *, trials: int,
+                    cost_scale: str) -> World:
+    """The chosen surrogate fitted on every trained row, and the world the searches run in: noise ``sd(mu)`` from
+    the repeats (a dict from :func:`repeat_noise`) or a constant sd (a float)."""
+    model = surrogate_model().fit(x_ord, y)
+    x_all = np.array([features(dims, c, costs[cost_key(dims, c)]) for c in configs])
+    mean = model.predict(x_all)
+    bitops = np.array([costs[cost_key(dims, c)]["bitops"] for c in configs])
+    noise_sd = noise_sd_of(noise, mean) if isinstance(noise, dict) else np.full(len(configs), float(noise))
+    world = World([d.path for d in dims], configs, mean, bitops, noise_sd, float(mean.min()), float(mean.max()),
+                  float(np.log10(bitops.min())), float(np.log10(bitops.max())), 0.0, trials, cost_scale)
+    world.hv_max = hv(normalized(world, list(range(len(configs)))))
+    return world
+
+
+def make_world(*, trials: int, cost_scale: str = "log10", data: Path = DATA / "mobilenet_digits_trials.csv",
+               costs_csv: Path = DATA / "mobilenet_digits_costs.csv") -> World:
+    """The default world (repeat noise, the committed trained rows and costs) without the cross-validation: for
+    other benches that run searches on the surrogate (``bench/scale.py``)."""
+    from autokd.space import dimensions
+
+    space = load_space()
+    dims = dimensions(space)
+    configs = list(itertools.product(*(d.choices for d in dims)))
+    rows = read_rows(data, dims)
+    noise = repeat_noise(rows, read_rows(data.with_name(data.stem + "_repeat1" + data.suffix), dims))
+    costs = cost_table(space, dims, configs, costs_csv)
+    keys = list(rows)
+    y = np.array([float(rows[k]["val_accuracy"]) for k in keys])
+    x_ord = np.array([features(dims, k, costs[cost_key(dims, k)]) for k in keys])
+    assert noise is not None, "the committed repeat rows give the noise"
+    return surrogate_world(dims, configs, x_ord, y, costs, noise, trials=trials, cost_scale=cost_scale)
+
+
+def _main(args: argparse.Namespace, *, folds: int, repeats: int, trees: int) -> int:
+    """The bench (see the module docstring), cross-validating the surrogate candidates (random forests of ``trees``
+    trees) with ``repeats`` x ``folds``-fold."""
     began = time.perf_counter()
     import torch
 
@@ -511,11 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     x_ord = np.array([features(dims, k, costs[cost_key(dims, k)]) for k in keys])
     x_hot = one_hot(dims, keys)
     print(f"\nsurrogate of val accuracy: {len(y)} trained configurations (val accuracy {y.min():.3f}..{y.max():.3f}, "
-          f"sd {100 * y.std():.2f} pts); 10-fold cross-validation x 3 shuffles, held-out trials:")
+          f"sd {100 * y.std():.2f} pts); {folds}-fold cross-validation x {repeats} shuffles, held-out trials:")
     print(f"  {'model':28s} {'MAE pts':>8s} {'R2':>6s} {'Spearman':>9s}")
     cv = {}
-    for label, (make, kind) in candidates().items():
-        cv[label] = cross_validate(make, x_ord if kind == "ord" else x_hot, y)
+    for label, (make, kind) in candidates(trees).items():
+        cv[label] = cross_validate(make, x_ord if kind == "ord" else x_hot, y, folds=folds, repeats=repeats)
         print(f"  {label:28s} {100 * cv[label]['mae']:8.2f} {cv[label]['r2']:6.3f} {cv[label]['rho']:9.3f}"
               + ("   <- chosen" if label == CHOSEN else ""))
     noise = repeat_noise(rows, again)
@@ -530,15 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     resid_sd = float(np.std(cv[CHOSEN]["resid"]))
     if args.noise == "repeat" and noise is None:
         raise SystemExit("samplers: --noise repeat needs bench/sampler_data.py --repeat 1 rows (or --noise residual)")
-    model = surrogate_model().fit(x_ord, y)
-    x_all = np.array([features(dims, c, costs[cost_key(dims, c)]) for c in configs])
-    mean = model.predict(x_all)
-    bitops = np.array([costs[cost_key(dims, c)]["bitops"] for c in configs])
-    noise_sd = noise_sd_of(noise, mean) if args.noise == "repeat" else np.full(len(configs), resid_sd)
-    world = World([d.path for d in dims], configs, mean, bitops, noise_sd, float(mean.min()), float(mean.max()),
-                  float(np.log10(bitops.min())), float(np.log10(bitops.max())), 0.0, args.trials,
-                  args.cost_scale)
-    world.hv_max = hv(normalized(world, list(range(len(configs)))))
+    world = surrogate_world(dims, configs, x_ord, y, costs, noise if args.noise == "repeat" else resid_sd,
+                            trials=args.trials, cost_scale=args.cost_scale)
+    noise_sd = world.noise_sd
     which = "sd(mu) of the training noise above" if args.noise == "repeat" else \
         f"{100 * resid_sd:.2f} pts (the chosen model's cross-validated residual sd)"
     print(f"  the samplers see the surrogate's mean + Gaussian noise, sd {which} (median over configurations "

@@ -42,6 +42,7 @@ from autokd.study.design import enqueue_design
 from autokd.errors import StorageUnavailable
 from autokd.study.retry import RETRY_SECONDS
 from autokd.study.twins import enqueue_missing_twins
+from autokd.trial_index import index_of
 from autokd.teacher import get_teacher, resolve_cache_dir
 
 
@@ -129,8 +130,8 @@ def _run_search(space: Space, *, storage: str | None, study_name: str | None, ti
             enqueue_missing_twins(study, progress=progress)
         result.study, result.states = study, count_states(study)
         result.complete = result.states.get("COMPLETE", 0)
-        progress("study.resume", complete=result.complete, target=target, trials=len(study.trials), storage=url,
-                 study=name)
+        progress("study.resume", complete=result.complete, target=target, trials=sum(result.states.values()),
+                 storage=url, study=name)
         return Standing.of(study).work_left(target, twins)
 
     # A finished study returns before any data or teacher is loaded (no teacher retrained for nothing).
@@ -161,7 +162,8 @@ def _run_search(space: Space, *, storage: str | None, study_name: str | None, ti
         study.set_user_attr(ATTR_ARTIFACTS, str(folder))
     _say_neighbours(study, threads, progress)
 
-    study.sampler = make_sampler(space, n_existing=len(study.trials), worker_index=worker_index)
+    # (counted without copying every trial: ``study.trials`` deep-copies them)
+    study.sampler = make_sampler(space, n_existing=len(study.get_trials(deepcopy=False)), worker_index=worker_index)
     inputs = prepare_inputs(space, data, teacher=teacher, pool=pool, progress=progress)
     if teacher is not None:
         study.set_user_attr(ATTR_TEACHER, teacher.summary())
@@ -308,11 +310,10 @@ class Standing:
 
     @classmethod
     def of(cls, study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> Standing:
-        complete = waiting = running = young = old = 0
-        for t in study.get_trials(deepcopy=False) if trials is None else trials:
-            if t.state == TrialState.COMPLETE:
-                complete += 1
-            elif t.state == TrialState.WAITING:
+        waiting = running = young = old = 0
+        index = index_of(study, trials)  # COMPLETE counted as they finish; only unfinished trials looked at
+        for t in index.unfinished.values():
+            if t.state == TrialState.WAITING:
                 waiting += 1
             elif t.state == TrialState.RUNNING:
                 age = orphan_age(t)
@@ -322,7 +323,7 @@ class Standing:
                     young += 1
                 else:
                     old += 1
-        return cls(complete, waiting, running, young, old)
+        return cls(index.complete, waiting, running, young, old)
 
     def work_left(self, target: int, twins: bool) -> bool:
         """Fewer COMPLETE trials than the target, or a queued twin or retry (pairs finish even past the target)."""

@@ -43,8 +43,8 @@ class _GPView:
     Everything else is the study itself. GPSampler reads trials through the private ``Study._get_trials``, which is
     therefore the one method overridden (tests/study/test_sampler.py fails if it stops working)."""
 
-    def __init__(self, study: optuna.Study, *, log_costs: bool = False):
-        self._study, self._log_costs = study, log_costs
+    def __init__(self, study: optuna.Study, *, log_costs: bool = False, cap: int | None = None, seed: int = 0):
+        self._study, self._log_costs, self._cap, self._seed = study, log_costs, cap, seed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -67,6 +67,8 @@ class _GPView:
                 shown.values = values if state == TrialState.COMPLETE else None
                 extra.append(shown)
         shown_trials = trials + extra
+        if self._cap is not None and len(shown_trials) > self._cap:
+            shown_trials = bounded(shown_trials, self._cap, directions=self._study.directions, seed=self._seed)
         if self._log_costs:
             shown_trials = [self._logged(t) for t in shown_trials]
         return shown_trials
@@ -80,11 +82,56 @@ class _GPView:
         return shown
 
 
+GP_MAX_TRIALS = 300  # trials the GP models at most (its fit grows as n^3: 14.6 s a proposal at 1,000 trials)
+
+
+def bounded(trials: list[FrozenTrial], cap: int, *, directions: Any, seed: int) -> list[FrozenTrial]:
+    """At most ``cap`` of ``trials`` for the GP to model: the RUNNING ones (pending points: never proposed again),
+    the Pareto front of the finished ones (where the hypervolume improvement is decided), the most recent ones (where
+    the search is now), and a seeded uniform sample of the rest (the GP's picture of the whole space), a third of
+    what is left each, in that order of priority. Deterministic for a given set of trials and ``seed``.
+
+    Written here because Optuna's GPSampler has no bound on the trials it fits (a full GP cannot stay under 10 s a
+    proposal at 3,000 trials); the hypervolume cost of the bound is measured by ``bench/scale.py``."""
+    import numpy as np
+
+    from autokd.report.pareto import pareto_front
+
+    pending = [t for t in trials if t.state != TrialState.COMPLETE]
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    room = cap - len(pending)
+    if room <= 0 or len(done) <= room:
+        return pending[:cap] + done[:max(0, room)]
+    dirs = [str(getattr(d, "name", d)).lower() for d in directions]
+    values = np.asarray([t.values for t in done], dtype=float)
+    rng = np.random.default_rng([seed, len(done)])
+    front = [int(i) for i in pareto_front(values, directions=dirs)]
+    chosen: list[int] = []
+    if len(front) > room // 3:
+        front = sorted(int(i) for i in rng.choice(front, room // 3, replace=False))
+    chosen += front
+    taken = set(chosen)
+    recent = [i for i in range(len(done) - 1, -1, -1) if i not in taken][:(room - len(chosen)) // 2]
+    chosen += recent
+    taken |= set(recent)
+    rest = np.asarray([i for i in range(len(done)) if i not in taken])
+    if room > len(chosen) and len(rest):
+        chosen += [int(i) for i in rng.choice(rest, min(len(rest), room - len(chosen)), replace=False)]
+    return pending + [done[i] for i in sorted(chosen)]
+
+
 class _GPSampler(optuna.samplers.GPSampler):
-    """Optuna's GPSampler reading the study through :class:`_GPView` (stopped trials; log10 costs)."""
+    """Optuna's GPSampler reading the study through :class:`_GPView` (stopped trials; log10 costs; at most
+    :data:`GP_MAX_TRIALS` trials, see :func:`bounded`)."""
+
+    def __init__(self, *args: Any, max_trials: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_trials = GP_MAX_TRIALS if max_trials is None else max_trials
+        self._view_seed = int(kwargs.get("seed") or 0)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        view = _GPView(study, log_costs=cost_scale(study) == "linear")
+        view = _GPView(study, log_costs=cost_scale(study) == "linear", cap=self._max_trials or None,
+                       seed=self._view_seed)
         return super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
 
 
@@ -103,6 +150,10 @@ def make_sampler(space: Space, *, n_existing: int = 0, worker_index: int = 0) ->
     ranks, which is why studies tell it log10 costs (:data:`autokd.objective.COST_SCALE`): on the default space it
     then reached random search's 100-trial hypervolume in 34 trials, TPE in 60.5 (``bench/samplers.py``); told raw
     BitOps (five decades) it found less than random search.
+
+    The GP models at most :data:`GP_MAX_TRIALS` trials (:func:`bounded`: the running ones, the Pareto front, the
+    most recent and a seeded sample of the rest), so a proposal costs about the same at 3,000 trials as at 300
+    (a full GP's fit grows as n^3: 14.6 s a proposal at 1,000 trials).
 
     TPE runs with ``constant_liar``: trials other workers are running count as bad results, so they are not
     proposed again while they run (a single worker is unaffected)."""

@@ -14,14 +14,7 @@ from autokd.progress import ProgressCallback, silent
 from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
-
-
-KD_PARAM = "distill.kd"
-
-
-def _params_key(params: dict[str, Any], replicate: int = 0) -> tuple:
-    """What makes two trials the same run: their params and their design replicate (each has its own streams)."""
-    return tuple(sorted((k, repr(v)) for k, v in params.items())) + ((REPLICATE_ATTR, replicate),)
+from autokd.trial_index import KD_PARAM, index_of, params_key, twin_key
 
 
 def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
@@ -43,23 +36,27 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     died with their worker are re-enqueued by :func:`recover_stale_trials` instead. A trial that early stopping
     stopped is no twin: a twin whose settings only a stopped trial had is enqueued (and is never stopped).
     """
-    trials = study.get_trials(deepcopy=False)
+    index = index_of(study)  # only what changed since this worker's last look is read (autokd.trial_index)
     # PRUNED trials are no twins: a duplicate's original is COMPLETE or RUNNING (seen through it), unless the
     # original was early-stopped, and neither that nor its duplicates should hide the twin.
-    seen = {_params_key(t.params, replicate_of(t.user_attrs)) for t in trials if t.state != TrialState.PRUNED}
-    seen |= {_params_key(t.system_attrs.get("fixed_params", {}), replicate_of(t.user_attrs))
-             for t in trials if t.state == TrialState.WAITING}
+    there = set()  # keys of the unfinished trials (a WAITING one by the params it was queued with)
+    for t in index.unfinished.values():
+        if t.state == TrialState.WAITING:
+            there.add(params_key(t.system_attrs.get("fixed_params", {}), replicate_of(t.user_attrs)))
+        there.add(params_key(t.params, replicate_of(t.user_attrs)))
     done = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE or KD_PARAM not in t.params:
+    for number in sorted(index.open_twins):
+        t = index.open_twins[number]
+        key = twin_key(t)
+        if key in index.finished_keys:
+            del index.open_twins[number]  # its twin has finished (not pruned): settled for good
+            continue
+        if key in there:
             continue
         twin = twin_params(t.params)
-        key = _params_key(twin, replicate_of(t.user_attrs))
-        if key in seen:
-            continue
         with quiet_optuna():
             study.enqueue_trial(twin, user_attrs={"twin_of": t.number, **design_attrs(t.user_attrs)})
-        seen.add(key)
+        there.add(key)
         done.append(t.number)
         progress("study.enqueue", number=t.number, reason="twin")
     return done

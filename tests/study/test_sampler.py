@@ -203,3 +203,72 @@ def test_a_tiny_search_with_gp_completes(cli, space_file, tiny_space, tmp_path):
     assert len(complete) == 4
     # after the one start-up trial (and its KD twin, enqueued) the Gaussian process proposed the next one
     assert any(k.startswith("gp:relative_params") for t in trials for k in t.system_attrs)
+
+
+def _finished(n: int, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    return [create_trial(params={"x": float(rng.random())}, distributions=dist,
+                         values=[float(rng.random()), float(rng.random())]) for _ in range(n)]
+
+
+def _numbered(trials):
+    for i, t in enumerate(trials):
+        t.number = i
+    return trials
+
+
+def test_the_gp_models_a_bounded_set_front_recent_and_a_sample():
+    from autokd.report.pareto import pareto_front
+    from autokd.study.sampler import bounded
+
+    done = _numbered(_finished(1000))
+    running = create_trial(state=TrialState.RUNNING, params={}, distributions={})
+    running.number = 1000
+    kept = bounded(done + [running], 300, directions=["maximize", "minimize"], seed=3)
+    assert len(kept) == 300 and running in kept  # pending points always stay
+    numbers = {t.number for t in kept}
+    assert len(numbers) == 300  # no trial twice
+    front = pareto_front([t.values for t in done], directions=["maximize", "minimize"])
+    assert {done[i].number for i in front} <= numbers  # the front decides the improvement: all of it
+    assert set(range(900, 1000)) <= numbers  # the most recent trials
+    assert len(numbers & set(range(0, 800))) > 100  # and a sample of the rest
+    again = bounded(done + [running], 300, directions=["maximize", "minimize"], seed=3)
+    assert [t.number for t in again] == [t.number for t in kept]  # deterministic
+    assert bounded(done[:50], 300, directions=["maximize", "minimize"], seed=3) == done[:50]  # small: all of it
+
+
+def test_a_capped_gp_proposes_in_bounded_time_on_a_big_study(tiny_space):
+    import time
+
+    from autokd.study import sampler as sampler_mod
+
+    import numpy as np
+
+    sp = space_from_dict(tiny_space, overrides=["search.sampler=gp"])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dims = {d.path: d for d in dimensions(sp)}
+    dists = {p: CategoricalDistribution(d.choices) for p, d in dims.items()}
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        params = {p: d.choices[int(rng.integers(len(d.choices)))] for p, d in dims.items()}
+        study.add_trial(create_trial(params=params, distributions=dists,
+                                     values=[float(rng.random()), float(rng.random())]))
+    seen = []
+    real = sampler_mod.bounded
+
+    def spy(trials, cap, **kw):
+        out = real(trials, cap, **kw)
+        seen.append((len(trials), len(out)))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sampler_mod, "bounded", spy)
+        study.sampler = make_sampler(sp)
+        start = time.monotonic()
+        trial = study.ask()
+        sample(sp, trial)
+    assert seen and seen[0][0] >= 400 and seen[0][1] == sampler_mod.GP_MAX_TRIALS
+    assert time.monotonic() - start < 60
