@@ -122,8 +122,9 @@ def _trial_in_training(log: Path) -> int | None:
 
 
 def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_space):
-    # 3 epochs at 16 px: trials last long enough to be interrupted in the middle
-    space = many_space(tiny_space, epochs=3)
+    # 3 epochs at 16 px: trials last long enough to be interrupted in the middle; 4 trials are enough for both
+    # workers to be training at once
+    space = many_space(tiny_space, n_trials=4, epochs=3)
     space["dataset"] = {"name": "digits", "image_size": 16}
     path = space_file(space)
     url = f"sqlite:///{tmp_path}/s.db"
@@ -160,7 +161,7 @@ def test_ctrl_c_in_one_worker_leaves_the_other_alone(tmp_path, space_file, tiny_
     # rerunning the interrupted worker's command completes the study (here: it is already complete)
     again = subprocess.run(w1_cmd, capture_output=True, text=True, env=env(), timeout=600)
     assert again.returncode == 0, again.stderr
-    check_study(url, "many", workers=2)
+    check_study(url, "many", workers=2, n_trials=4)
 
 
 def test_workers_split_the_cores():

@@ -93,8 +93,8 @@ def pg():
 
 
 def _space(tiny_space: dict, n_trials: int) -> dict:
-    # 2 epochs at 16 px: a trial lasts a few seconds, so a 20 s outage covers whole trials and their tells
-    space = many_space(tiny_space, n_trials=n_trials, epochs=2)
+    # 1 epoch at 16 px: a trial lasts seconds, so a 20 s outage covers whole trials and their tells
+    space = many_space(tiny_space, n_trials=n_trials, epochs=1)
     space["dataset"] = {"name": "digits", "image_size": 16}
     return space
 
