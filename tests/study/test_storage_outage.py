@@ -7,6 +7,7 @@ fail under ``CI=true``."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -117,6 +118,29 @@ def _running(url: str, study: str) -> int:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def _two_workers(tmp_path: Path, path: Path, common: list):
+    """Two workers (``--worker-index`` 0 and 1) of ``autokd search path *common``, logging to ``w0.log``/``w1.log``;
+    killed on the way out if still running."""
+    logs = [open(tmp_path / f"w{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen(autokd(path, *common, "--worker-index", i), stdout=logs[i],
+                              stderr=subprocess.STDOUT, text=True, env=env()) for i in range(2)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _both_succeed(procs: list, tmp_path: Path) -> list[str]:
+    """Wait for both workers; they exit 0; their outputs."""
+    codes = [p.wait(timeout=600) for p in procs]
+    outputs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], outputs
+    return outputs
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -129,26 +153,19 @@ def test_two_workers_outlast_a_postgres_restart(tmp_path, space_file, tiny_space
     study = f"outage-{uuid.uuid4().hex[:8]}"
     common = ["--storage", pg.url, "--study", study, "--device", "cpu", "--threads", 1,
               "--cache-dir", tmp_path / "cache", "--artifacts", tmp_path / "artifacts"]
-    logs = [open(tmp_path / f"w{i}.log", "w") for i in range(2)]
-    procs = [subprocess.Popen(autokd(path, *common, "--worker-index", i), stdout=logs[i],
-                              stderr=subprocess.STDOUT, text=True, env=env()) for i in range(2)]
-    try:
+    with _two_workers(tmp_path, path, common) as procs:
         _wait_for(lambda: _running(pg.url, study) >= 2, 300, "both workers should be training a trial")
         pg.stop("fast")  # drops every connection, refuses new ones
         try:
             time.sleep(20)  # longer than a trial: both finish training and wait to tell
         finally:
             pg.start()
-        codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill() if p.poll() is None else None
-    outputs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], outputs
+        outputs = _both_succeed(procs, tmp_path)
     for out in outputs:
         assert "waiting for the storage postgresql+psycopg://postgres@127.0.0.1" in out, out
         assert "is back after" in out, out
-    trials = check_study(pg.url, study, workers=2, n_trials=4)  # target reached, pairs whole, nothing twice, nothing RUNNING
+    # target reached, pairs whole, nothing COMPLETE twice, nothing RUNNING
+    trials = check_study(pg.url, study, workers=2, n_trials=4)
     states = Counter(t.state.name for t in trials)
     assert states.get("FAIL", 0) == 0, states  # no trial failed because of the outage
 
@@ -204,10 +221,7 @@ def test_two_workers_wait_out_a_locked_sqlite_file(tmp_path, space_file, tiny_sp
     db = tmp_path / "s.db"
     url = f"sqlite:///{db}"
     common = ["--storage", url, "--device", "cpu", "--threads", 1, "--cache-dir", tmp_path / "cache"]
-    logs = [open(tmp_path / f"w{i}.log", "w") for i in range(2)]
-    procs = [subprocess.Popen(autokd(path, *common, "--worker-index", i), stdout=logs[i],
-                              stderr=subprocess.STDOUT, text=True, env=env()) for i in range(2)]
-    try:
+    with _two_workers(tmp_path, path, common) as procs:
         def both_training() -> bool:
             try:
                 con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
@@ -229,7 +243,9 @@ def test_two_workers_wait_out_a_locked_sqlite_file(tmp_path, space_file, tiny_sp
             con = sqlite3.connect(db, isolation_level=None, timeout=30)
             con.execute("BEGIN EXCLUSIVE")
             held.set()
-            time.sleep(10)  # SQLite's own wait is 5 s: then the storage retries and says so
+            # longer than a trial plus SQLite's own 5 s wait: each worker's next write waits past it, and the
+            # storage retries and says so
+            time.sleep(20)
             con.execute("COMMIT")
             con.close()
 
@@ -237,12 +253,7 @@ def test_two_workers_wait_out_a_locked_sqlite_file(tmp_path, space_file, tiny_sp
         holder.start()
         assert held.wait(30)
         holder.join()
-        codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill() if p.poll() is None else None
-    outputs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], outputs
+        outputs = _both_succeed(procs, tmp_path)
     for out in outputs:
         assert f"waiting for the storage {url}" in out and "database is locked" in out, out
     trials = check_study(url, "many", workers=2, n_trials=4)
