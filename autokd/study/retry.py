@@ -85,6 +85,13 @@ def is_retriable(exc: BaseException) -> bool:
     return False
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of the driver's own error behind ``exc`` (Optuna and SQLAlchemy wrap it), for messages."""
+    cause = exc.__cause__ or exc
+    cause = getattr(cause, "orig", None) or cause
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
 def backoff(attempt: int, rng: random.Random) -> float:
     """Seconds before retry ``attempt`` (0, 1, ...): exponential, capped, with full jitter (workers that lost the
     database together do not all come back in the same instant)."""
@@ -175,9 +182,7 @@ class RetryingRDBStorage(RDBStorage):
             if self._outage_since is not None:
                 return  # another thread of this process already said so
             self._outage_since = time.monotonic()
-        cause = exc.__cause__ or exc
-        reason = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0]
-        self.on_event("storage.wait", url=mask_url(self.url), reason=reason[:200], budget=self.retry_seconds)
+        self.on_event("storage.wait", url=mask_url(self.url), reason=_reason(exc)[:200], budget=self.retry_seconds)
 
     def _outage_ended(self) -> None:
         with self._outage_lock:
@@ -186,11 +191,7 @@ class RetryingRDBStorage(RDBStorage):
             self.on_event("storage.back", url=mask_url(self.url), seconds=time.monotonic() - since)
 
     def _unavailable(self, exc: BaseException | None) -> StorageUnavailable:
-        why = ""
-        if exc is not None:
-            cause = getattr(exc.__cause__ or exc, "orig", None) or exc.__cause__ or exc
-            why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:160]
-            why = f" (last error: {why})"
+        why = f" (last error: {_reason(exc)[:160]})" if exc is not None else ""
         return StorageUnavailable(Problem(
             f"the storage {mask_url(self.url)} did not answer for {self.retry_seconds:g} s{why}; this worker "
             "stopped, and the next worker that starts re-queues its trial (raise the wait with --storage-retry "
