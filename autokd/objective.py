@@ -44,10 +44,10 @@ from autokd.measure import accuracy, cost_metrics
 from autokd.models import build_student
 from autokd.models.saved import architecture, model_bytes
 from autokd.progress import ProgressCallback, silent
-from autokd.sampling import DESIGN_POINT_ATTR, TrialConfig, replicate_of, sample
+from autokd.sampling import DESIGN_POINT_ATTR, TrialConfig, sample
 from autokd.space import Choices, Space
 from autokd.teacher import Teacher, ViewPool, augment_policy, pool_logits, view_accuracy
-from autokd.trial_index import index_of, params_key
+from autokd.trial_index import claim, duplicate_of
 from autokd.train import Distillation, Optim, fit, stream_seed
 
 # search.objectives name -> metric key (the second and later objective values, all minimized)
@@ -256,35 +256,6 @@ def upload_bytes(store: Any, trial: Any, data: bytes, filename: str) -> str:
                                                 mimetype="application/octet-stream")
 
 
-def duplicate_of(trial: Any, params: dict[str, Any], *, stopped: bool = False, replicate: int = 0) -> int | None:
-    """The number of a COMPLETE trial, or of an earlier RUNNING one, with exactly ``params`` and ``replicate``;
-    else None. With ``stopped``, also a trial that early stopping stopped (PRUNED with ``stopped_reason``).
-    A design replicate (:data:`autokd.sampling.REPLICATE_ATTR`) trains with its own streams: the same params in
-    another replicate is another run.
-
-    Trials share ``train.seed``, so a repeated proposal would only retrain an identical model: the sampler (TPE
-    converges on small discrete spaces) re-proposed 6 of the demo's 24 trials. Two workers that pop the same
-    queued twin at once both see the other RUNNING: only the later number yields, so exactly one of them runs.
-    A stopped configuration would follow the same curve against a front that has only grown, and be stopped again
-    (see :mod:`autokd.early_stop`): it is not run again. ``FixedTrial`` (no study) has none.
-    """
-    study = getattr(trial, "study", None)
-    if study is None:
-        return None
-    index = index_of(study)  # finished trials by key; only what changed since the last look is read
-    found = [n for n, state, was_stopped in index.finished_by_key.get(params_key(params, replicate), ())
-             if n != trial.number and (state == TrialState.COMPLETE or (stopped and was_stopped))]
-    for n, other in index.unfinished.items():
-        # A RUNNING trial popped from the queue writes its params one suggest at a time: what it will run is in
-        # Optuna's record of the enqueued parameters (without it, two workers that popped copies of one queued twin
-        # could each see the other's params half written, and both train it).
-        if other.state != TrialState.RUNNING or n >= trial.number or replicate_of(other.user_attrs) != replicate:
-            continue
-        if {**other.system_attrs.get("fixed_params", {}), **other.params} == params:
-            found.append(n)
-    return min(found) if found else None
-
-
 def stop_references(study: Any) -> list[Reference]:
     """The study's COMPLETE trials as :class:`~autokd.early_stop.Reference` (objective values, per-repeat final
     accuracies, learning curves), from one read of the study."""
@@ -358,6 +329,7 @@ class Objective:
 
     def _run(self, trial: Any) -> list[float]:
         cfg = sample(self.space, trial)
+        claim(trial)  # every param is written: from here other workers may compare theirs with this trial's
         # A KD twin of a completed trial, and a design point, always run to their end: a pair (a design cell)
         # would be lost otherwise.
         attrs = getattr(trial, "user_attrs", {})

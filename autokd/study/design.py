@@ -10,7 +10,7 @@ duplicate, twin, pairing and retry keys, and design points and their twins are n
 (:func:`build_design`), so every worker computes the same points. :func:`enqueue_design` is called by every worker
 before each trial: it reads the study once and enqueues, one replicate (a block) at a time, the points that are not
 in the storage yet. Two workers that enqueue the same point at once leave two queued copies: the later one is
-pruned as a duplicate when it is popped (:func:`autokd.objective.duplicate_of`), so no point runs twice, and none
+pruned as a duplicate when it is popped (:func:`autokd.trial_index.duplicate_of`), so no point runs twice, and none
 goes missing (a point of a begun block that is absent is enqueued again; a retry keeps its point and replicate).
 
 **Budget.** ``search.n_trials`` bounds the study: a design of L points needs 2 L trials a replicate, so at most

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autokd.early_stop import STOPPED_REASON_ATTR, StopRule
-from autokd.objective import duplicate_of
+from autokd.trial_index import duplicate_of
 from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, sample
 from autokd.space import space_from_dict
 from autokd.study import enqueue_missing_twins, load_study, run_search

@@ -43,21 +43,3 @@ def test_the_cli_says_why_it_stopped(cli, space_file, tiny_space, tmp_path, monk
     assert "same settings as trial" in res.out
     assert "Stopped with 2/4 complete trials" in res.out and "nearly exhausted" in res.out
     assert "Done:" not in res.out
-
-
-def test_of_two_running_duplicates_only_the_later_yields():
-    from optuna.distributions import CategoricalDistribution
-
-    from autokd.objective import duplicate_of
-
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    dist = {"model.width_mult": CategoricalDistribution([0.25, 0.5])}
-    first = study.ask(dist)
-    study.enqueue_trial(first.params)
-    second = study.ask(dist)  # the same settings, popped while the first still runs
-    assert second.params == first.params
-    assert duplicate_of(second, second.params) == first.number
-    assert duplicate_of(first, first.params) is None  # the earlier one runs on
-    study.enqueue_trial({"model.width_mult": 0.5 if first.params["model.width_mult"] == 0.25 else 0.25})
-    other = study.ask(dist)
-    assert duplicate_of(other, other.params) is None
