@@ -34,11 +34,17 @@ $(DEV_STAMP): pyproject.toml
 demo: install
 	$(BIN)/autokd search spaces/mobilenet.yaml
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to each at a time, so a file's servers and
+# studies stay in one process: on 2 cores, 474 s against 694 s in one process. `make test TEST_WORKERS=0` runs it
+# in this process alone.
+TEST_WORKERS ?= 2
+PYTEST_XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install-dev
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_XDIST)
 
 test-all: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST)
 
 clean:
 	rm -rf $(VENV) studies build *.egg-info
