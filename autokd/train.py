@@ -1,5 +1,5 @@
 """The one training loop: seeded, in-memory batches, SGD or AdamW, cosine or one-cycle, optional label smoothing,
-and Hinton's KD term when the teacher's logits are given.
+and a KD term when the teacher's logits are given (Hinton's by default; any logit method of :mod:`autokd.distill`).
 
 Teacher logits are precomputed per training image (see :mod:`autokd.teacher`), so a KD step costs the same as a
 plain step plus one small loss: the teacher never runs inside this loop.
@@ -11,13 +11,14 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.distill import kd_loss
+from autokd.distill import logit_loss
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
 
@@ -44,6 +45,8 @@ class Distillation:
     logits: torch.Tensor
     temperature: float
     alpha: float
+    method: str = "hinton"  # a logit method of autokd.distill.LOGIT_METHODS
+    settings: dict[str, Any] = field(default_factory=dict)  # the method's own settings (over its defaults)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ def _epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, g
     losses = []
     model.train()
     autocast = mixed_precision(opt.precision, x.device)
+    kd = None if distill is None else logit_loss(distill.method, temperature=distill.temperature, alpha=distill.alpha,
+                                                 label_smoothing=opt.label_smoothing, settings=distill.settings)
     for epoch in range(opt.epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
         view = torch.randint(x.shape[0], (n,), generator=gen).to(x.device) if pool else None
@@ -157,11 +162,10 @@ def _epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, g
             at = (view[idx], idx) if pool else idx
             with autocast:
                 out = model(x[at])
-                if distill is None:
+                if kd is None:
                     loss = F.cross_entropy(out, y[idx], label_smoothing=opt.label_smoothing)
                 else:
-                    loss = kd_loss(out, distill.logits[at], y[idx], temperature=distill.temperature,
-                                   alpha=distill.alpha, label_smoothing=opt.label_smoothing)
+                    loss = kd(out, distill.logits[at], y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opt.grad_clip is not None:

@@ -1,4 +1,6 @@
-"""Knowledge distillation loss (Hinton, Vinyals, Dean 2015) as pure functions."""
+"""Hinton, Vinyals & Dean (2015): soft targets from the teacher's logits, as pure functions. autokd's own code,
+not torchdistill's KDLoss: `hinton` trials must train bitwise as they did before KD methods existed (torchdistill's
+loss differs by ~5e-7 in float32; `tests/distill/test_logit.py` compares the two)."""
 
 from __future__ import annotations
 
