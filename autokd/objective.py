@@ -154,7 +154,7 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     distill = None
     if use_kd:
         logits = inputs.pool_logits if augment else inputs.teacher.train_logits
-        distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha)
+        distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha, method=cfg.distill.method)
 
     def seed_of(phase: str) -> int:
         return stream_seed(cfg.train.seed, repeat, phase, cfg.replicate)

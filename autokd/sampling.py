@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
-from autokd.space import Dimension, Space, dimensions, resolve
+from autokd.space import Dimension, Space, applies, dimensions, resolve
 
 
 REPLICATE_ATTR = "replicate"  # trial user attribute: the replicate index of a design point (absent: 0)
@@ -56,6 +56,10 @@ def suggest(trial: Any, dim: Dimension) -> Any:
 
 
 def sample(space: Space, trial: Any) -> TrialConfig:
-    """Draw every searched field from ``trial`` and resolve the space (with the trial's replicate, if any)."""
-    params = {dim.path: suggest(trial, dim) for dim in dimensions(space)}
+    """Draw every searched field that applies from ``trial`` (a KD-off trial draws no KD method: see
+    :data:`autokd.space.schema.CONDITIONS`) and resolve the space (with the trial's replicate, if any)."""
+    params: dict[str, Any] = {}
+    for dim in dimensions(space):  # schema order: a field comes after the one it depends on
+        if applies(space, dim.path, params):
+            params[dim.path] = suggest(trial, dim)
     return TrialConfig(resolve(space, params), params, replicate_of(getattr(trial, "user_attrs", None)))

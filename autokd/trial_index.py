@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autokd.sampling import replicate_of
 
 KD_PARAM = "distill.kd"
+METHOD_PARAM = "distill.method"  # searched only with KD: a KD-off trial carries none (autokd.space.schema.CONDITIONS)
 CLAIM_ATTR = "claimed"  # user attr: every param of this RUNNING trial is written (see duplicate_of)
 DECIDED_RUN_ATTR = "settings"  # written by the objective once a trial has decided to train (it is no duplicate)
 CLAIM_WAIT_SECONDS = 30.0  # how long to wait for a claimed trial to decide; past it its worker is taken for dead
@@ -38,11 +39,23 @@ def params_key(params: dict[str, Any], replicate: int = 0) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items())) + (("replicate", replicate),)
 
 
-def twin_key(t: FrozenTrial) -> tuple | None:
-    """The key of ``t``'s KD twin (the same params with ``distill.kd`` flipped, the same replicate), or None."""
+def sibling_params(params: dict[str, Any], methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The other members of ``params``' sibling set: the same configuration KD-off (which carries no method) and
+    KD-on once per method of ``methods`` (the searched ``distill.method`` choices; ``None`` when it is not
+    searched: then the KD-on member carries no method either, and the set is a pair of twins)."""
+    if KD_PARAM not in params:
+        raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
+    base = {k: v for k, v in params.items() if k not in (KD_PARAM, METHOD_PARAM)}
+    members = [{**base, KD_PARAM: False}]
+    members += [{**base, KD_PARAM: True, METHOD_PARAM: m} for m in methods] if methods else [{**base, KD_PARAM: True}]
+    return [m for m in members if m != params]
+
+
+def sibling_keys(t: FrozenTrial, methods: Sequence[str] | None = None) -> list[tuple]:
+    """The keys of ``t``'s siblings (:func:`sibling_params`, in ``t``'s replicate); none without ``distill.kd``."""
     if KD_PARAM not in t.params:
-        return None
-    return params_key({**t.params, KD_PARAM: not t.params[KD_PARAM]}, replicate_of(t.user_attrs))
+        return []
+    return [params_key(p, replicate_of(t.user_attrs)) for p in sibling_params(t.params, methods)]
 
 
 class TrialIndex:
@@ -54,7 +67,7 @@ class TrialIndex:
         self.finished_by_key: dict[tuple, list[tuple[int, TrialState, bool]]] = {}  # key -> (number, state, stopped)
         self.finished_keys: set[tuple] = set()  # keys of finished trials that are not PRUNED (twins are "there")
         self.complete = 0
-        self.open_twins: dict[int, FrozenTrial] = {}  # COMPLETE KD trials whose twin has not finished (unpruned)
+        self.open_twins: dict[int, FrozenTrial] = {}  # COMPLETE trials whose siblings have not all finished
 
     def update(self, trials: Sequence[FrozenTrial]) -> None:
         """Take in ``trials`` (the study's full list, in number order): only the trials unfinished at the last

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 import autokd.trial_index
-from autokd.trial_index import TrialIndex, claim, duplicate_of, index_of, params_key, twin_key
+from autokd.trial_index import TrialIndex, claim, duplicate_of, index_of, params_key, sibling_keys
 
 DIST = {"a": CategoricalDistribution([0, 1, 2]), "distill.kd": CategoricalDistribution([True, False])}
 
@@ -78,7 +78,7 @@ def test_keys_carry_the_replicate_and_twins_flip_kd():
     assert params_key({"a": 1}, 0) != params_key({"a": 1}, 1)
     t = optuna.trial.create_trial(params={"a": 1, "distill.kd": True}, distributions=DIST, value=0.1,
                                   user_attrs={"replicate": 2})
-    assert twin_key(t) == params_key({"a": 1, "distill.kd": False}, 2)
+    assert sibling_keys(t) == [params_key({"a": 1, "distill.kd": False}, 2)]
 
 
 # --- duplicate_of: of trials with the same params, exactly one trains --------------------------------------------

@@ -30,13 +30,13 @@ from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memor
 from autokd.space.messages import validate_data
 from autokd.space.identity import BUDGET_FIELDS, legacy_space_hashes, space_hash
 from autokd.space.schema import (Choices, CompressSpec, DatasetSpec, DesignSpec, Dimension, DistillSpec, ModelSpec,
-                                 Range, SearchSpec, Space, TeacherSpec, TrainSpec, dimensions, discrete_size,
+                                 Range, SearchSpec, Space, TeacherSpec, TrainSpec, applies, dimensions, discrete_size,
                                  is_resolved, resolve, to_dict)
 from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 
 __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",
            "CompressSpec", "DatasetSpec", "DesignSpec", "Dimension", "DistillSpec", "MemoryEstimate", "ModelSpec", "Range",
-           "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "check_memory", "dimensions", "discrete_size",
+           "SearchSpec", "Space", "TeacherSpec", "TrainSpec", "applies", "check_memory", "dimensions", "discrete_size",
            "early_stop_enabled", "estimate_memory", "is_resolved", "kd_twins_enabled", "legacy_space_hashes",
            "load_space", "memory_limit", "parse_overrides", "parse_yaml_value", "resolve", "space_from_dict",
            "space_hash", "space_json_schema", "to_dict", "validate_data"]

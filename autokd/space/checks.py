@@ -163,6 +163,14 @@ def check_search(space: Space) -> CheckResult:
     return out
 
 
+def check_distill(space: Space) -> CheckResult:
+    """A searched KD method needs KD on in some trial (a KD-off trial carries no method)."""
+    if isinstance(space.distill.method, Choices) and space.distill.kd is False:
+        return [("distill.method", "is searched, but distill.kd is false: a KD method applies only with KD on "
+                 "(set distill.kd to true or to {choices: [true, false]})")]
+    return []
+
+
 def check_compress(space: Space) -> CheckResult:
     """Searching compression needs a fine-tune phase to recover in."""
     c = space.compress
@@ -254,7 +262,8 @@ def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResu
 
 
 CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
-                                                check_teacher, check_search, check_compress, check_design]
+                                                check_teacher, check_distill, check_search, check_compress,
+                                                check_design]
 #: Checks that depend on the machine, not only on the space: run on space files (``load_space``, ``autokd
 #: validate``, ``autokd search``), not on a space stored in a study (that one must stay readable elsewhere).
 MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory, check_backends]

@@ -21,7 +21,8 @@ DESIGN_BUDGET_FIELDS = ("replicates", "margin", "half_width")
 HASHED_BEFORE = {"search": {"sampler": ("tpe", "nsga2", "random", "gp")}}
 # Fields added after studies already existed: left out of the hash while at their default, so that a study made
 # before they existed still resumes (its question did not change).
-LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}, "search": {"design": None}}
+LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}, "search": {"design": None},
+                "distill": {"method": "hinton"}}
 
 
 def space_hash(space: Space) -> str:

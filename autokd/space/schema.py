@@ -122,10 +122,16 @@ class TeacherSpec(_Strict):
 
 
 class DistillSpec(_Strict):
-    """Hinton's knowledge distillation: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
+    """Knowledge distillation: alpha * L_method(student, teacher) + (1 - alpha) * CE (Hinton's by default:
+    L = T^2 * KL(teacher || student))."""
 
     kd: SBool = Field(False, description="Distill from the teacher; {choices: [true, false]} searches KD as a "
                       "factor (with KD twins: every configuration run with and without it).")
+    method: _searchable(KDMethod, numeric=False) = Field(
+        "hinton", description="The KD method, used when KD is on: 'hinton' (soft targets, Hinton et al. 2015), "
+        "'dist' (inter- and intra-class correlation, Huang et al. 2022), 'logit_std' (soft targets of "
+        "standardized logits, Sun et al. 2024); all run on the cached teacher logits. {choices: [...]} searches "
+        "it: every configuration then runs KD-off once and KD-on once per method.")
     temperature: SFloat = Field(4.0, description="Softmax temperature T of the KD term, in [0.1, 100].")
     alpha: SFloat = Field(0.9, description="Weight of the KD term against cross-entropy, in [0, 1].")
     teacher: TeacherSpec = Field(TeacherSpec(), description="The teacher that KD distills from.")
@@ -158,6 +164,8 @@ class TrainSpec(_Strict):
 
 PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale", "nni-l1", "nni-l2", "nni-fpgm", "nni-taylor"]
 Quantizer = Literal["minmax", "lsq"]
+# KD methods (autokd.distill): the logit methods run on the cached teacher logits
+KDMethod = Literal["hinton", "dist", "logit_std"]
 
 
 class CompressSpec(_Strict):
@@ -349,19 +357,51 @@ def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
     return size, continuous
 
 
-def resolve(space: Space, params: dict[str, Any]) -> Space:
-    """A copy of ``space`` with every searched field set from ``params`` (dotted names).
+# A searched field that applies only when another field has a given value: a KD method only with KD on. A trial
+# where it does not apply draws no value for it (a KD-off trial carries no method, so one KD-off run serves every
+# method) and runs with the field's default.
+CONDITIONS: dict[str, tuple[str, Any]] = {"distill.method": ("distill.kd", True)}
 
-    Raises :class:`SpaceError` if a searched field has no value or a value names no searched field.
+
+def _value_at(model: BaseModel, path: str) -> Any:
+    node: Any = model
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def applies(space: Space, path: str, params: dict[str, Any]) -> bool:
+    """Whether the searched field ``path`` applies to a trial with ``params`` (see :data:`CONDITIONS`); the field
+    it depends on is read from ``params`` when searched, else from the space."""
+    if path not in CONDITIONS:
+        return True
+    other, value = CONDITIONS[path]
+    return (params[other] if other in params else _value_at(space, other)) == value
+
+
+def resolve(space: Space, params: dict[str, Any]) -> Space:
+    """A copy of ``space`` with every searched field set from ``params`` (dotted names); a searched field that does
+    not apply to these params (:func:`applies`) takes its default.
+
+    Raises :class:`SpaceError` if a searched field that applies has no value, or a value names no searched field
+    or one that does not apply.
     """
     dims = {d.path for d in dimensions(space)}
-    missing = sorted(dims - set(params))
+    # a field whose controlling field is searched but has no value counts as applying (that absence is the problem)
+    active = {p for p in dims if p not in CONDITIONS or (CONDITIONS[p][0] in dims and CONDITIONS[p][0] not in params)
+              or applies(space, p, params)}
+    missing = sorted(active - set(params))
     unknown = sorted(set(params) - dims)
     problems = [Problem("no value given for this searched field", p) for p in missing]
     problems += [Problem("not a searched field of this space" + hint(p, sorted(dims)), p) for p in unknown]
+    problems += [Problem(f"does not apply with {CONDITIONS[p][0]} = {_fmt(params.get(CONDITIONS[p][0]))}", p)
+                 for p in sorted((set(params) & dims) - active)]
     if problems:
         raise SpaceError(problems)
     data = space.model_dump(mode="python")
+    for path in sorted(dims - active):
+        section, name = path.split(".")
+        set_path(data, [section, name], type(getattr(space, section)).model_fields[name].default)
     for path, value in params.items():
         set_path(data, path.split("."), value)
     resolved = Space.model_validate(data)

@@ -18,12 +18,12 @@ from autokd.study.storage import (ATTR_COST_SCALE, ATTR_HASH, ATTR_SPACE, ATTR_T
                                   check_study_name, cost_scale, count_states, create_or_load_study, default_storage, directions,
                                   ensure_writable, load_study, metric_names, objective_names, open_existing_study,
                                   open_storage, quiet_optuna)
-from autokd.study.twins import KD_PARAM, enqueue_missing_twins, kd_searched, twin_params
+from autokd.study.twins import KD_PARAM, enqueue_missing_twins, kd_methods, kd_searched, twin_params
 
 __all__ = [
     "ATTR_COST_SCALE", "ATTR_HASH", "ATTR_SPACE", "ATTR_TEACHER", "ATTR_VERSION", "KD_PARAM", "MAX_DUPLICATES_IN_A_ROW", "STUDIES_DIR",
     "SearchResult", "build_report", "check_study_name", "cost_scale", "count_states", "create_or_load_study", "default_artifacts_dir", "default_storage",
-    "derive_seed", "directions", "enqueue_missing_twins", "ensure_writable", "kd_possible", "kd_searched",
+    "derive_seed", "directions", "enqueue_missing_twins", "ensure_writable", "kd_methods", "kd_possible", "kd_searched",
     "load_study", "load_trial_model", "make_sampler", "metric_names", "objective_names", "open_artifact_store", "open_existing_study", "open_storage", "quiet_optuna",
     "recover_stale_trials", "resolve_device", "run_search", "trial_records", "twin_params",
 ]

@@ -41,7 +41,7 @@ from autokd.study.storage import (ATTR_TEACHER, check_study_name, cost_scale, co
 from autokd.study.design import enqueue_design
 from autokd.errors import StorageUnavailable
 from autokd.study.retry import RETRY_SECONDS
-from autokd.study.twins import enqueue_missing_twins
+from autokd.study.twins import enqueue_missing_twins, kd_methods
 from autokd.trial_index import index_of
 from autokd.teacher import get_teacher, resolve_cache_dir
 
@@ -117,7 +117,7 @@ def _run_search(space: Space, *, storage: str | None, study_name: str | None, ti
     make_deterministic(dev)  # CUDA: twins differ only by KD
     name = study_name or space.name
     url = storage or default_storage(name)
-    target, twins = space.search.n_trials, kd_twins_enabled(space)
+    target, twins, methods = space.search.n_trials, kd_twins_enabled(space), kd_methods(space)
     result = SearchResult(None, url, 0, target, 0, 0, "done")
 
     def prepare(study: optuna.Study) -> bool:
@@ -127,7 +127,7 @@ def _run_search(space: Space, *, storage: str | None, study_name: str | None, ti
             optuna.storages.fail_stale_trials(study)
         enqueue_design(study, space, progress=progress)
         if twins:
-            enqueue_missing_twins(study, progress=progress)
+            enqueue_missing_twins(study, methods=methods, progress=progress)
         result.study, result.states = study, count_states(study)
         result.complete = result.states.get("COMPLETE", 0)
         progress("study.resume", complete=result.complete, target=target, trials=sum(result.states.values()),
@@ -239,7 +239,7 @@ def _run_search(space: Space, *, storage: str | None, study_name: str | None, ti
                 result.failed_this_run += 1
                 result.last_error = last.user_attrs.get("fail_reason")
             if twins and last.state == TrialState.COMPLETE:
-                enqueue_missing_twins(study, progress=progress)
+                enqueue_missing_twins(study, methods=methods, progress=progress)
     result.states = count_states(study)
     result.complete = result.states.get("COMPLETE", 0)
     return result

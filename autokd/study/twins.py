@@ -1,4 +1,7 @@
-"""KD twins: the same settings and seed with ``distill.kd`` flipped, enqueued once for every COMPLETE trial.
+"""KD twins and siblings: the same settings and seed with ``distill.kd`` flipped, enqueued once for every COMPLETE
+trial. When ``distill.method`` is searched, a configuration's **sibling set** is its KD-off trial (one, whatever
+the method: it carries none) and one KD-on trial per method, all on the same streams; twins are the case of one
+method. Every member of a COMPLETE trial's set is enqueued once.
 
 A twin of a design point carries the point's replicate (and index): the replicate is part of the twin key, so each
 replicate gets its own twin, with the same streams as its original."""
@@ -14,7 +17,7 @@ from autokd.progress import ProgressCallback, silent
 from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
-from autokd.trial_index import KD_PARAM, index_of, params_key, twin_key
+from autokd.trial_index import KD_PARAM, METHOD_PARAM, index_of, params_key, sibling_keys, sibling_params
 
 
 def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
@@ -23,14 +26,24 @@ def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def twin_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The same parameters with ``distill.kd`` flipped."""
+    """The same parameters with ``distill.kd`` flipped (a KD-on trial's method dropped: its KD-off twin has none)."""
     if KD_PARAM not in params:
         raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
-    return {**params, KD_PARAM: not params[KD_PARAM]}
+    if METHOD_PARAM in params and not params[KD_PARAM]:
+        raise ValueError(f"a KD-off trial carries no {METHOD_PARAM}")
+    return {**{k: v for k, v in params.items() if k != METHOD_PARAM}, KD_PARAM: not params[KD_PARAM]}
 
 
-def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = silent) -> list[int]:
-    """Enqueue the KD twin of every COMPLETE trial that has none (in any state); returns their originals' numbers.
+def kd_methods(space: Space) -> tuple[str, ...] | None:
+    """The searched ``distill.method`` choices, or None when the method is not searched."""
+    dim = next((d for d in dimensions(space) if d.path == METHOD_PARAM), None)
+    return None if dim is None else tuple(dim.choices)
+
+
+def enqueue_missing_twins(study: optuna.Study, *, methods: tuple[str, ...] | None = None,
+                          progress: ProgressCallback = silent) -> list[int]:
+    """Enqueue every missing sibling (:func:`autokd.trial_index.sibling_params`; the KD twin when ``methods`` is
+    None) of every COMPLETE trial, once (a sibling in any state counts); returns the originals' numbers.
 
     A twin that FAILED is not enqueued again (a broken configuration would otherwise loop forever); trials that
     died with their worker are re-enqueued by :func:`recover_stale_trials` instead. A trial that early stopping
@@ -47,18 +60,18 @@ def enqueue_missing_twins(study: optuna.Study, *, progress: ProgressCallback = s
     done = []
     for number in sorted(index.open_twins):
         t = index.open_twins[number]
-        key = twin_key(t)
-        if key in index.finished_keys:
-            del index.open_twins[number]  # its twin has finished (not pruned): settled for good
+        keys = sibling_keys(t, methods)
+        if all(key in index.finished_keys for key in keys):
+            del index.open_twins[number]  # every sibling has finished (not pruned): settled for good
             continue
-        if key in there:
-            continue
-        twin = twin_params(t.params)
-        with quiet_optuna():
-            study.enqueue_trial(twin, user_attrs={"twin_of": t.number, **design_attrs(t.user_attrs)})
-        there.add(key)
-        done.append(t.number)
-        progress("study.enqueue", number=t.number, reason="twin")
+        for key, sibling in zip(keys, sibling_params(t.params, methods), strict=True):
+            if key in there or key in index.finished_keys:
+                continue
+            with quiet_optuna():
+                study.enqueue_trial(sibling, user_attrs={"twin_of": t.number, **design_attrs(t.user_attrs)})
+            there.add(key)
+            done.append(t.number)
+            progress("study.enqueue", number=t.number, reason="twin")
     return done
 
 

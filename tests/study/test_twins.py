@@ -11,9 +11,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+import autokd.train
+from autokd.distill import logit_loss
 from autokd.errors import SpaceError
 from autokd.space import kd_twins_enabled, space_from_dict
 from autokd.study import enqueue_missing_twins, load_study, run_search, twin_params
+from autokd.trial_index import sibling_params
 
 # study.ask() on a storage with a heartbeat warns that heartbeats are meant for optimize(); harmless here
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -136,7 +139,7 @@ def test_twin_missing_after_a_crash_runs_even_with_the_budget_reached(url, tiny_
 
     sp = space_from_dict(twin_space(tiny_space, 1))
     with monkeypatch.context() as mp:
-        mp.setattr(autokd.study.runner, "enqueue_missing_twins", lambda study, progress=None: [])
+        mp.setattr(autokd.study.runner, "enqueue_missing_twins", lambda study, **kwargs: [])
         first = run_search(sp, storage=url, device="cpu")
     assert [t.state for t in first.study.get_trials()] == [TrialState.COMPLETE]
 
@@ -275,3 +278,54 @@ def test_kd_twins_need_both_kd_values(tiny_space):
     with pytest.raises(SpaceError) as exc:
         space_from_dict(data)
     assert [p.path for p in exc.value.problems] == ["search.kd_twins"]
+
+
+# --- siblings: with distill.method searched, one KD-off partner per configuration, one KD-on trial per method --------
+
+def test_sibling_params_are_one_kd_off_partner_and_one_kd_on_per_method():
+    on = {"model.width_mult": 0.25, "distill.kd": True, "distill.method": "dist"}
+    off = {"model.width_mult": 0.25, "distill.kd": False}
+    methods = ("hinton", "dist", "logit_std")
+    assert sibling_params(on, methods) == [off, {**off, "distill.kd": True, "distill.method": "hinton"},
+                                           {**off, "distill.kd": True, "distill.method": "logit_std"}]
+    assert sibling_params(off, methods) == [{**off, "distill.kd": True, "distill.method": m} for m in methods]
+    assert sibling_params(P(True, 0.25, 0.01)) == [twin_params(P(True, 0.25, 0.01))]  # no method: twins
+    assert twin_params(on) == off  # the KD-off twin carries no method
+
+
+def test_a_method_search_runs_every_configuration_off_once_and_on_once_per_method(url, tiny_space, monkeypatch):
+    used = []  # the method of every KD loss the training loop built
+
+    def spy(method, **kwargs):
+        used.append(method)
+        return logit_loss(method, **kwargs)
+
+    monkeypatch.setattr(autokd.train, "logit_loss", spy)
+    data = twin_space(tiny_space, 3)
+    data["distill"]["method"] = {"choices": ["hinton", "dist", "logit_std"]}
+    result = run_search(space_from_dict(data), storage=url, device="cpu")
+    trials = load_study(storage=url, study_name="twins")[0].get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert result.complete >= 3 and not [t for t in trials if t.state == TrialState.FAIL]
+    configs: dict[tuple, list] = {}
+    for t in complete:
+        base = tuple(sorted((k, v) for k, v in t.params.items() if not k.startswith("distill.")))
+        configs.setdefault(base, []).append(t)
+        assert ("distill.method" in t.params) is t.params["distill.kd"]  # a KD-off trial carries no method
+        assert t.user_attrs["settings"]["distill"]["method"] == t.params.get("distill.method", "hinton")
+    for base, members in configs.items():
+        sides = sorted((t.params["distill.kd"], t.params.get("distill.method", "")) for t in members)
+        assert sides == [(False, ""), (True, "dist"), (True, "hinton"), (True, "logit_std")], (base, sides)
+        seeds = {t.user_attrs["settings"]["train"]["seed"] for t in members}
+        assert len(seeds) == 1
+    # each KD-on trial trained with its own method's loss
+    assert sorted(used) == sorted(t.params["distill.method"] for t in complete if t.params["distill.kd"])
+
+
+def test_validate_refuses_a_searched_method_without_kd(tiny_space, space_file, cli):
+    data = copy.deepcopy(tiny_space)
+    data["distill"]["kd"] = False
+    data["distill"]["method"] = {"choices": ["hinton", "dist"]}
+    res = cli("validate", space_file(data))
+    assert res.code == 2
+    assert "distill.method" in res.err and "applies only with KD on" in res.err
