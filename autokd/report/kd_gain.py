@@ -32,6 +32,7 @@ from typing import Any
 
 from autokd.report import orthogonality, stats
 from autokd.report.stats import jsonable
+from autokd.report.methods import SET_ESTIMAND, method_differences, per_method, set_pairs
 from autokd.report.pairing import KD_PARAM, Pair, pair_trials
 from autokd.report.pareto import front_comparison, is_stopped
 from autokd.report.orthogonality import MIN_HETEROGENEITY_CONFIGURATIONS
@@ -141,7 +142,11 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
         raise ValueError(f"margin must be a fraction in (0, 1) (0.01 = 1 accuracy point), got {margin!r}")
     primary = metrics[0]
     pairing = pair_trials(trials, kd_param=kd_param)
-    pairs = pairing.pairs
+    listed = pairing.pairs  # every pair, each KD-on trial with its KD-off partner
+    methods = sorted({p.method for p in listed if p.method is not None})
+    # With distill.method searched, the methods' pairs share their KD-off trial: the pooled unit is the sibling set
+    # (autokd.report.methods), and each method is analysed on its own pairs (kd.methods).
+    pairs, partial_sets = set_pairs(listed, methods) if methods else (listed, [])
     gain = {m: _gain_summary(pairs, m, seed=seed) for m in metrics}
     word = overall_word(gain[primary], alpha=alpha)
 
@@ -192,19 +197,40 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     survival = survival_conditioning(trials)
     if survival is not None:
         warnings.append(survival["note"])
+    if partial_sets:
+        warnings.append(f"{len(partial_sets)} configuration(s) have not run every KD method (KD-off trials "
+                        f"{', '.join(map(str, partial_sets[:10]))}{' …' if len(partial_sets) > 10 else ''}): left "
+                        "out of the pooled gain; each method's own analysis keeps its pairs.")
+    method_extra = {}
+    if methods:
+        def analyse(ps: Sequence[Pair]) -> dict[str, Any]:
+            own = _usable(ps, primary)
+            names = sorted({k for p in own for k in p.params if not k.startswith(exclude_prefix) and k != kd_param})
+            summaries = {m: _gain_summary(ps, m, seed=seed) for m in metrics}
+            fit = orthogonality.analyze([p.gain(primary) for p in own], {n: [p.params.get(n) for p in own]
+                                                                         for n in names},
+                                        margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm)
+            return {"n_pairs": len(ps), "pairs": [{"on": p.numbers[0], "off": p.numbers[1]} for p in ps],
+                    "gain": summaries, "overall": overall_word(summaries[primary], alpha=alpha),
+                    "factors": fit.get("factors", [])}
+
+        method_extra = {"methods": per_method(listed, analyse), "n_sets": len(pairs),
+                        "method_differences": method_differences(listed, primary, margin=float(margin),
+                                                                 alpha=alpha, seed=seed)}
     if design_section is not None and design_section.get("caveat") and use_design:
         warnings.append(design_section["caveat"])
     unit = "configuration" if repeats > 1 else "pair"
     extra = {} if design_section is None else {"design": design_section}
-    return jsonable({**extra,
+    return jsonable({**extra, **method_extra,
         "metric": primary,
-        "estimand": ESTIMAND,
+        "estimand": SET_ESTIMAND if methods else ESTIMAND,
         "units": "fraction of accuracy (0.01 = 1 point)",
-        "n_pairs": len(pairs),
+        "n_pairs": len(listed),
         "n_unpaired": len(pairing.unpaired),
         "n_pending": len(pairing.pending),
         "pairs": [{"on": p.numbers[0], "off": p.numbers[1], "gain": p.gain(primary),
-                   "repeat_gains": p.repeat_gains(primary), "linked": p.linked, "design": p.design} for p in pairs],
+                   "repeat_gains": p.repeat_gains(primary), "linked": p.linked, "design": p.design,
+                   **({"method": p.method} if methods else {})} for p in listed],
         "lost_pairs": lost,
         "n_lost_pairs": len(lost),
         "refused_pairs": refused,

@@ -27,6 +27,7 @@ import numpy as np
 from autokd.space.identity import LATER_FIELDS
 
 KD_PARAM = "distill.kd"
+METHOD_PARAM = "distill.method"  # searched KD method: only KD-on trials carry it (their KD-off partner has none)
 # Settings that may differ between twins without making them different configurations.
 IGNORED_SETTINGS = ({"search"}, {"dataset": {"root", "download"}})
 # Settings added by later versions of autokd: a trial recorded before one existed ran at its default (the space hash
@@ -35,7 +36,7 @@ IGNORED_SETTINGS = ({"search"}, {"dataset": {"root", "download"}})
 LATER_DEFAULTS = {f"{section}.{name}": default for section, fields in LATER_FIELDS.items()
                   for name, default in fields.items()}
 
-__all__ = ["KD_PARAM", "Pair", "LostPair", "Pairing", "pair_trials", "kd_flag", "metric_of", "is_state"]
+__all__ = ["KD_PARAM", "METHOD_PARAM", "Pair", "LostPair", "Pairing", "pair_trials", "kd_flag", "metric_of", "is_state"]
 
 
 def is_state(trial: Mapping, state: str) -> bool:
@@ -104,6 +105,7 @@ class Pair:
     params: dict
     seed: Any = None
     linked: bool = True
+    method: str | None = None  # the KD-on trial's searched distill.method (None when the method is not searched)
 
     @property
     def numbers(self) -> tuple[int, int]:
@@ -188,11 +190,12 @@ def _mismatch(original: Mapping, twin: Mapping, kd_param: str) -> str | None:
         return f"{kd_param} is not flipped between the two trials"
     if (original.get("replicate") or 0) != (twin.get("replicate") or 0):
         return "the two trials are different design replicates (different random streams)"
-    po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k != kd_param}
-    pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k != kd_param}
+    # the KD method is KD's own setting: only the KD-on side has (or uses) one
+    po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k not in (kd_param, METHOD_PARAM)}
+    pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k not in (kd_param, METHOD_PARAM)}
     diff = sorted(k for k in set(po) | set(pt) if po.get(k) != pt.get(k))
     if not diff and original.get("settings") and twin.get("settings"):
-        diff = _settings_diff(original["settings"], twin["settings"], kd_param)
+        diff = [k for k in _settings_diff(original["settings"], twin["settings"], kd_param) if k != METHOD_PARAM]
     return f"settings differ beyond {kd_param}: {', '.join(diff)}" if diff else None
 
 
@@ -204,9 +207,14 @@ def _make_pair(a: Mapping, b: Mapping, kd_param: str, linked: bool) -> Pair:
 
 
 def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairing:
-    """Pair KD twins by their ``twin_of`` link (checked), then unlinked COMPLETE trials by params and seed."""
+    """Pair KD twins by their ``twin_of`` link (checked), then unlinked COMPLETE trials by params and seed. In a
+    study that searched ``distill.method`` (a trial carries it), sibling sets are paired instead
+    (:func:`_pair_siblings`)."""
     trials = [t for t in trials if isinstance(t, Mapping) and isinstance(t.get("number"), (int, np.integer))]
     by_number = {int(t["number"]): t for t in trials}
+    if any(METHOD_PARAM in (t.get("params") or {}) or METHOD_PARAM in (t.get("queued_params") or {})
+           for t in trials):
+        return _pair_siblings(trials, by_number, kd_param)
     twins: dict[int, list[Mapping]] = {}
     for t in trials:
         link = t.get("twin_of")
@@ -268,3 +276,86 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
     lost.sort(key=lambda lp: lp.original)
     unpaired = sorted(int(t["number"]) for t in trials if is_state(t, "COMPLETE") and int(t["number"]) not in used)
     return Pairing(pairs, lost, refused, sorted(pending), unpaired)
+
+
+def _run_params(t: Mapping) -> dict:
+    """What a trial runs: its params, or, before it sampled them, the params it was queued with."""
+    return dict(t.get("params") or t.get("queued_params") or {})
+
+
+def _config_key(t: Mapping, kd_param: str) -> Any:
+    """A sibling set's key: the searched params without KD and its method, the seed and the design replicate."""
+    params = {k: v for k, v in _run_params(t).items() if k not in (kd_param, METHOD_PARAM)}
+    return (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")), t.get("replicate") or 0)
+
+
+def _side(t: Mapping, kd_param: str) -> tuple[bool, str | None] | None:
+    """(KD on?, method) of what ``t`` runs, or None when unknown."""
+    params = _run_params(t)
+    flag = _as_bool(params.get(kd_param)) if kd_param in params else None
+    return None if flag is None else (flag, params.get(METHOD_PARAM) if flag else None)
+
+
+def _pair_siblings(trials: list[Mapping], by_number: dict[int, Mapping], kd_param: str) -> Pairing:
+    """Pairs of a study that searched ``distill.method``: each configuration (params without ``distill.*`` KD
+    flag and method, seed, replicate) has one KD-off trial and one KD-on trial per method, its **sibling set**;
+    each KD-on trial pairs with the set's KD-off trial (so the methods' pairs share their KD-off partner).
+
+    A trial is placed by what it runs (params, or the params it was queued with); the seed is read from its
+    settings, which a trial that never started has not written: such a trial joins the set of the trial it was
+    queued for (``twin_of``). A set with a member still WAITING or RUNNING is pending; a side that only FAILED is a
+    lost pair (its ``original``: the set's first COMPLETE trial)."""
+    sets: dict[Any, list[Mapping]] = {}
+    for t in sorted(trials, key=lambda t: int(t["number"])):
+        if _side(t, kd_param) is None:
+            continue
+        source = t
+        link = t.get("twin_of")
+        if not t.get("settings") and isinstance(link, (int, np.integer)) and int(link) in by_number:
+            source = {**by_number[int(link)], "params": _run_params(t)}  # the seed and replicate of its set
+        sets.setdefault(_config_key(source, kd_param), []).append(t)
+
+    pairs: list[Pair] = []
+    lost: list[LostPair] = []
+    refused: list[LostPair] = []
+    pending: list[int] = []
+    used: set[int] = set()
+    for members in sets.values():
+        complete = [t for t in members if is_state(t, "COMPLETE")]
+        if not complete:
+            continue
+        original = int(complete[0]["number"])
+        first: dict[tuple[bool, str | None], Mapping] = {}
+        for t in complete:
+            first.setdefault(_side(t, kd_param), t)
+        off = first.get((False, None))
+        for (flag, method), on in sorted(first.items(), key=lambda kv: str(kv[0])):
+            if not flag or off is None:
+                continue
+            reason = _mismatch(on, off, kd_param)
+            if reason is None:
+                linked = on.get("twin_of") == off["number"] or off.get("twin_of") == on["number"] or \
+                    on.get("twin_of") == off.get("twin_of") is not None
+                params = {k: v for k, v in _run_params(on).items() if k not in (kd_param, METHOD_PARAM)}
+                pairs.append(Pair(dict(on), dict(off), params, _nested_get(on.get("settings") or {}, "train.seed"),
+                                  bool(linked), method))
+                used |= {int(on["number"]), int(off["number"])}
+            else:
+                refused.append(LostPair(int(on["number"]), int(off["number"]), None, reason))
+        if any(is_state(t, "WAITING") or is_state(t, "RUNNING") for t in members):
+            pending.append(original)
+            used.add(original)
+            continue
+        for side in {_side(t, kd_param) for t in members if is_state(t, "FAIL")} - set(first):
+            failed = [t for t in members if is_state(t, "FAIL") and _side(t, kd_param) == side]
+            why = failed[-1].get("fail_reason") or "failed"
+            tries = f" (after {len(failed)} attempts)" if len(failed) > 1 else ""
+            label = "kd_on" if side[0] else "kd_off"
+            lost.append(LostPair(original, int(failed[-1]["number"]), label,
+                                 f"{why}{tries}" + (f" (method {side[1]})" if side[1] else "")))
+            used.add(original)
+
+    pairs.sort(key=lambda p: (min(p.numbers), p.method or ""))
+    lost.sort(key=lambda lp: (lp.original, lp.twin or -1))
+    unpaired = sorted(int(t["number"]) for t in trials if is_state(t, "COMPLETE") and int(t["number"]) not in used)
+    return Pairing(pairs, lost, refused, sorted(set(pending)), unpaired)

@@ -127,8 +127,12 @@ def kd_teacher_text(kd: dict[str, Any]) -> Text | None:
 
 def kd_gain_table(kd: dict[str, Any]) -> Table:
     unit = "configurations" if kd.get("repeats", 1) > 1 else "pairs"
-    table = Table(title=f"KD gain, paired twins (KD on − KD off, points; {kd.get('repeats', 1)} repeat(s) per trial)",
-                  title_justify="left", header_style="bold")
+    title = f"KD gain, paired twins (KD on − KD off, points; {kd.get('repeats', 1)} repeat(s) per trial)"
+    if kd.get("methods"):
+        unit = "sets"
+        title = (f"KD gain, all methods (per configuration: the mean of its methods' gains against its KD-off trial, "
+                 f"points; {kd.get('repeats', 1)} repeat(s) per trial)")
+    table = Table(title=title, title_justify="left", header_style="bold")
     for col in ("metric", unit, "mean", "95% CI (t)", "HL", "signed-rank p", "win", "error red."):
         table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "metric")
     for metric, s in kd["gain"].items():
@@ -144,13 +148,13 @@ def kd_gain_table(kd: dict[str, Any]) -> Table:
 _VERDICT_STYLE = {"orthogonal": "green", "interacts": "red", "undetermined": "yellow"}
 
 
-def kd_factor_table(kd: dict[str, Any]) -> Table:
+def kd_factor_table(kd: dict[str, Any], *, factors: list | None = None, who: str = "KD's") -> Table:
     """One row per technique, as in the paper: KD's gain at each level, the largest difference between levels
-    [90% CI], the interaction p (Holm) and the verdict against the margin."""
+    [90% CI], the interaction p (Holm) and the verdict against the margin (``factors``: another method's table)."""
     from autokd.report.verdict import level_name
 
     margin = kd.get("margin") or 0.01
-    table = Table(title=f"Is KD's gain the same with and without each technique? ({kd.get('metric', 'val_accuracy')}, "
+    table = Table(title=f"Is {who} gain the same with and without each technique? ({kd.get('metric', 'val_accuracy')}, "
                         f"margin ±{100 * margin:.1f} pts)", title_justify="left", header_style="bold")
     table.add_column("technique", no_wrap=True)
     table.add_column("KD gain per level (pairs)")
@@ -158,7 +162,7 @@ def kd_factor_table(kd: dict[str, Any]) -> Table:
     table.add_column("90% half-width", justify="right")
     table.add_column("p (Holm)", justify="right")
     table.add_column("verdict", justify="right", no_wrap=True)
-    for f in kd["factors"]:
+    for f in kd["factors"] if factors is None else factors:
         levels = "  ".join(f"{level_name(lv['level'])}: {_gain(lv.get('mean'))}"
                            + (f" adj {_gain(lv['adjusted'])}" if lv.get("adjusted") is not None else "")
                            + f" ({lv['n_pairs']})" for lv in f["levels"])
@@ -170,6 +174,37 @@ def kd_factor_table(kd: dict[str, Any]) -> Table:
         hw = "-" if f.get("half_width") is None else f"{100 * f['half_width']:.2f}"
         table.add_row(_short(f["factor"]), levels, diff, hw, p, Text(word, style=_VERDICT_STYLE.get(word, "")))
     return table
+
+
+_DIFFERENCE_WORDS = {"higher": "first higher", "lower": "first lower", "equivalent": "equivalent",
+                     "undetermined": "undetermined", "too_few_pairs": "too few sets"}
+
+
+def kd_methods_tables(kd: dict[str, Any]) -> list[Table]:
+    """Each KD method's gain against its configurations' KD-off trials, and method against method on the
+    configurations where both ran (the shared KD-off trial cancels)."""
+    metric = kd.get("metric", "val_accuracy")
+    table = Table(title=f"KD gain per method (KD on − the same configuration's KD off, points; {metric})",
+                  title_justify="left", header_style="bold")
+    for col in ("method", "pairs", "mean", "95% CI (t)", "HL", "signed-rank p", "win", "overall"):
+        table.add_column(col, justify="left" if col in ("method", "overall") else "right", no_wrap=True)
+    for name, m in kd["methods"].items():
+        s = m["gain"][metric]
+        table.add_row(name, str(m["n_pairs"]), _gain(s.get("mean")), _ci(s.get("ci_low"), s.get("ci_high")),
+                      _gain(s.get("hodges_lehmann")), _p(s.get("p_signed_rank")),
+                      "-" if s.get("win_rate") is None else f"{100 * s['win_rate']:.0f}%", m["overall"])
+    margin = kd.get("margin") or 0.01
+    diffs = Table(title=f"Method against method (accuracy of the first − the second on the same configurations, "
+                        f"points; equivalent: 90% CI within ±{100 * margin:.1f})", title_justify="left",
+                  header_style="bold")
+    for col in ("first − second", "sets", "mean", "95% CI (t)", "90% CI", "signed-rank p", "verdict"):
+        diffs.add_column(col, justify="left" if col in ("first − second", "verdict") else "right", no_wrap=True)
+    for d in kd.get("method_differences") or []:
+        s = d["difference"]
+        diffs.add_row(f"{d['a']} − {d['b']}", str(d["n_sets"]), _gain(s.get("mean")),
+                      _ci(s.get("ci_low"), s.get("ci_high")), _ci(*d["ci90"]), _p(s.get("p_signed_rank")),
+                      _DIFFERENCE_WORDS.get(d["word"], d["word"]))
+    return [table, diffs]
 
 
 def kd_fronts_text(kd: dict[str, Any]) -> Text:
@@ -217,9 +252,17 @@ def render_kd(kd: dict[str, Any]) -> Group:
     parts.append(kd_gain_table(kd))
     if kd["factors"]:
         parts.append(kd_factor_table(kd))
+    if kd.get("methods"):
+        parts += kd_methods_tables(kd)
+        parts += [kd_factor_table(kd, factors=m["factors"], who=f"{name}'s")
+                  for name, m in kd["methods"].items() if m.get("factors")]
     model = kd.get("model") or {}
     counts = (f"{_n(kd['n_pairs'], 'pair')} of twins, {_n(kd.get('n_lost_pairs', 0), 'lost pair')}, "
               f"{_n(kd.get('n_pending', 0), 'pending twin')}, {_n(kd['n_unpaired'], 'unpaired trial')}.")
+    if kd.get("methods"):
+        counts = (f"{_n(kd['n_pairs'], 'pair')} in {_n(kd.get('n_sets', 0), 'complete sibling set')} "
+                  f"({len(kd['methods'])} methods), {_n(kd.get('n_lost_pairs', 0), 'lost pair')}, "
+                  f"{_n(kd.get('n_pending', 0), 'pending set')}, {_n(kd['n_unpaired'], 'unpaired trial')}.")
     method = (f" Per-technique model: {model.get('n_coefficients')} coefficients, {model.get('df_resid')} residual df, "
               f"{model.get('se')} standard errors, {model.get('test')}." if model.get("fitted") else "")
     parts += [kd_fronts_text(kd), Text(counts + method, style="dim"),

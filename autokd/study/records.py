@@ -24,6 +24,9 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "state": t.state.name,
             "values": list(t.values) if t.values is not None else None,
             "params": dict(t.params),
+            # what a queued trial will run (Optuna's record of the enqueued params): a sibling that is WAITING, or
+            # failed before it sampled, is placed in its sibling set by it
+            "queued_params": dict(t.system_attrs.get("fixed_params") or {}) or None,
             "metrics": dict(t.user_attrs.get("metrics", {})),
             "settings": dict(t.user_attrs.get("settings", {})),
             "seconds": t.user_attrs.get("seconds"),
