@@ -104,8 +104,11 @@ def design_factor_analysis(trials: Iterable[Mapping], *, factors: Sequence[str],
                            alpha: float = 0.05) -> dict[str, Any]:
     """The orthogonality analysis (:func:`orthogonality.analyze`) of a study's design pairs alone, at exactly the
     design's levels (no binning, no merging) of the techniques ``factors``."""
-    kept = [p for p in pair_trials(t for t in trials if isinstance(t, Mapping)).pairs
-            if p.design and p.gain(metric) is not None]
+    pairs = pair_trials(t for t in trials if isinstance(t, Mapping)).pairs
+    methods = sorted({p.method for p in pairs if p.method is not None})
+    if methods:  # the methods' pairs share their KD-off trial: one unit per sibling set (autokd.report.methods)
+        pairs = set_pairs(pairs, methods)[0]
+    kept = [p for p in pairs if p.design and p.gain(metric) is not None]
     return orthogonality.analyze([p.gain(metric) for p in kept], {f: [p.params.get(f) for p in kept] for f in factors},
                                  margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm, min_level_pairs=1,
                                  exact_levels=True)

@@ -136,3 +136,26 @@ def test_fit_refuses_logits_of_another_size():
     with pytest.raises(ValueError, match="teacher logits"):
         fit(_net(), x, y, Optim(epochs=1, lr=0.1), seed=0,
             distill=Distillation(torch.zeros(len(y) - 1, 3), temperature=2.0, alpha=0.5))
+
+
+def test_hinton_through_the_method_interface_trains_bitwise_as_before(monkeypatch):
+    """The golden check of KD methods: `hinton` (the default method) trains exactly as the loop did when it called
+    kd_loss itself; a swap to torchdistill's KDLoss (~5e-7 apart) would break it. The other methods train
+    differently from the same start."""
+    import autokd.train
+
+    x, y = _toy()
+    logits = torch.randn(len(y), 3, generator=torch.Generator().manual_seed(1)) * 3
+    opt = Optim(epochs=2, lr=0.1, batch_size=8, label_smoothing=0.1)
+    via_methods, before = _net(), _net()
+    losses = fit(via_methods, x, y, opt, seed=3, distill=Distillation(logits, temperature=4.0, alpha=0.9))
+    with monkeypatch.context() as mp:  # the loop as it was: kd_loss called with the phase's label smoothing
+        mp.setattr(autokd.train, "logit_loss", lambda method, *, temperature, alpha, label_smoothing, settings:
+                   lambda s, t, y: kd_loss(s, t, y, temperature=temperature, alpha=alpha,
+                                           label_smoothing=label_smoothing))
+        assert fit(before, x, y, opt, seed=3, distill=Distillation(logits, temperature=4.0, alpha=0.9)) == losses
+    assert all(torch.equal(a, b) for a, b in zip(via_methods.parameters(), before.parameters()))
+    for method in ("dist", "logit_std"):
+        other = _net()
+        fit(other, x, y, opt, seed=3, distill=Distillation(logits, temperature=4.0, alpha=0.9, method=method))
+        assert any(not torch.equal(a, b) for a, b in zip(other.parameters(), before.parameters()))
