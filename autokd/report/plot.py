@@ -135,23 +135,30 @@ def kd_forest_rows(kd: dict[str, Any]) -> dict[str, Any]:
     from autokd.report.verdict import level_name, short
 
     metric = kd.get("metric", "val_accuracy")
-    g = kd["gain"][metric]
     model = kd.get("model") or {}
-    techniques = []
-    for f in kd.get("factors") or []:
-        techniques.append({
+
+    def techniques_of(factors: list) -> list[dict[str, Any]]:
+        return [{
             "factor": f["factor"], "name": short(f["factor"]), "verdict": f.get("verdict", "undetermined"),
             "reason": f.get("reason"), "max_difference": f.get("max_difference"),
             "equivalence_confidence": model.get("equivalence_confidence"),
             "levels": [{"level": lv["level"], "label": level_name(lv["level"]), "mean": lv.get("mean"),
                         "ci_low": lv.get("ci_low"), "ci_high": lv.get("ci_high"), "adjusted": lv.get("adjusted"),
-                        "n": lv["n_pairs"]} for lv in f["levels"]]})
+                        "n": lv["n_pairs"]} for lv in f["levels"]]} for f in factors or []]
+
+    def overall_of(g: dict[str, Any], word: Any) -> dict[str, Any]:
+        return {"mean": g.get("mean"), "ci_low": g.get("ci_low"), "ci_high": g.get("ci_high"), "n": g.get("n_pairs"),
+                "confidence": g.get("confidence"), "method": g.get("method"), "word": word}
+
+    # with distill.method searched: the pooled rows count sibling sets, and each method has its own group
+    methods = {name: {"overall": overall_of(m["gain"][metric], m.get("overall")),
+                      "techniques": techniques_of(m.get("factors"))}
+               for name, m in (kd.get("methods") or {}).items()}
     return {"metric": metric, "margin": kd.get("margin"),
-            "unit": "configurations" if kd.get("repeats", 1) > 1 else "pairs",
-            "overall": {"mean": g.get("mean"), "ci_low": g.get("ci_low"), "ci_high": g.get("ci_high"),
-                        "n": g.get("n_pairs"), "confidence": g.get("confidence"), "method": g.get("method"),
-                        "word": kd.get("overall")},
-            "techniques": techniques,
+            "unit": "sibling sets" if methods else "configurations" if kd.get("repeats", 1) > 1 else "pairs",
+            "overall": overall_of(kd["gain"][metric], kd.get("overall")),
+            "techniques": techniques_of(kd.get("factors")),
+            "methods": methods,
             "design_pairs": (kd.get("design") or {}).get("n_pairs")
             if (kd.get("design") or {}).get("analysed") == "design pairs" else None}
 
@@ -199,14 +206,27 @@ def _forest_layout(rows: dict[str, Any]) -> list[dict[str, Any]]:
     o = rows["overall"]
     unit = rows["unit"]
     word = OVERALL_WORDS.get(o.get("word"), o.get("word"))
-    lines = [{"kind": "overall", "label": "KD overall", "mean": o["mean"], "ci_low": o["ci_low"],
+    label = "KD, all methods" if rows.get("methods") else "KD overall"
+    lines = [{"kind": "overall", "label": label, "mean": o["mean"], "ci_low": o["ci_low"],
               "ci_high": o["ci_high"], "n": o["n"], "text": _fmt_gain(o) + (f"   {word}" if word else ""),
               "unit": unit}]
-    for t in rows["techniques"]:
-        lines.append({"kind": "technique", "label": t["name"], "verdict": t["verdict"],
+    for name, m in (rows.get("methods") or {}).items():  # each KD method: its own gain, then its techniques
+        mo = m["overall"]
+        mword = OVERALL_WORDS.get(mo.get("word"), mo.get("word"))
+        lines.append({"kind": "overall", "label": f"KD {name}", "mean": mo["mean"], "ci_low": mo["ci_low"],
+                      "ci_high": mo["ci_high"], "n": mo["n"], "text": _fmt_gain(mo) + (f"   {mword}" if mword else ""),
+                      "unit": "pairs"})
+        lines += _technique_lines(m["techniques"], f"{name}: ", "pairs")
+    return lines[:1] + _technique_lines(rows["techniques"], "", unit) + lines[1:]
+
+
+def _technique_lines(techniques: list[dict[str, Any]], prefix: str, unit: str) -> list[dict[str, Any]]:
+    lines = []
+    for t in techniques:
+        lines.append({"kind": "technique", "label": prefix + t["name"], "verdict": t["verdict"],
                       "text": _clip(_difference_text(t))})
         for lv in t["levels"]:
-            lines.append({"kind": "level", "label": f"{t['name']} = {lv['label']}", "mean": lv["mean"],
+            lines.append({"kind": "level", "label": f"{prefix}{t['name']} = {lv['label']}", "mean": lv["mean"],
                           "ci_low": lv["ci_low"], "ci_high": lv["ci_high"], "adjusted": lv["adjusted"],
                           "n": lv["n"], "text": _fmt_gain(lv), "unit": unit})
     return lines
@@ -278,7 +298,8 @@ def _forest_matplotlib(path: Path, rows: dict[str, Any], title: str) -> Any:
     ax.axvline(centre, color="tab:orange", linewidth=0.8, linestyle="--", zorder=1)
     text_tf = blended_transform_factory(ax.transAxes, ax.transData)
     n_x, gain_x = 1.015, 1.09  # the text columns right of the axes (axes fractions)
-    ax.text(n_x, 1.0, rows["unit"], transform=ax.transAxes, va="bottom", ha="left", fontsize=8, color="0.4")
+    ax.text(n_x, 1.0, rows["unit"].split()[-1], transform=ax.transAxes, va="bottom", ha="left", fontsize=8,
+            color="0.4")
     ax.text(gain_x, 1.0, "gain [interval] / verdict of the technique", transform=ax.transAxes, va="bottom",
             ha="left", fontsize=8, color="0.4")
     handles: dict[str, Any] = {}

@@ -127,3 +127,15 @@ def test_the_report_json_keeps_its_keys_and_adds_methods():
         assert set(m["gain"]) == set(kd["gain"])
     assert kd["methods"]["logit_std"]["overall"] == "adds"
     assert len(kd["method_differences"]) == 3
+
+
+def test_the_forest_plot_groups_by_method():
+    from autokd.report.plot import _forest_layout, kd_forest_rows
+
+    trials = sibling_study(np.random.default_rng(1), 12, {"dist": 0.01, "hinton": 0.02, "logit_std": 0.03})
+    rows = kd_forest_rows(kd_analysis(trials, n_perm=200))
+    assert rows["unit"] == "sibling sets" and rows["overall"]["n"] == 12 and list(rows["methods"]) == list(METHODS)
+    overall = [line["label"] for line in _forest_layout(rows) if line["kind"] == "overall"]
+    assert overall == ["KD, all methods", "KD dist", "KD hinton", "KD logit_std"]
+    labels = [line["label"] for line in _forest_layout(rows)]
+    assert labels.index("KD dist") < labels.index("dist: width_mult") < labels.index("KD hinton")
