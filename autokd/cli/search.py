@@ -150,7 +150,7 @@ class RichProgress:
                 log(f"Design: the {d['planned']} planned replicate(s) reached the target ({d['pairs']} pairs).")
         elif event == "design.cut":
             log(f"[yellow]Design cut at {d['replicates']} replicate(s) of {d['asked']}: search.n_trials holds "
-                f"{d['budget']} replicate(s) of {2 * d['points']} trials (raise it and rerun to run the rest).[/]")
+                f"{d['budget']} replicate(s) of {d.get('trials', 2 * d['points'])} trials (raise it and rerun to run the rest).[/]")
         elif event == "storage.wait":
             log(f"[yellow]waiting for the storage {d['url']} ({d['reason']}); retrying for up to "
                 f"{d['budget']:g} s (--storage-retry), the trial in training goes on.[/]")

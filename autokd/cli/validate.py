@@ -40,12 +40,14 @@ def validate(space: SpaceArg, set_: SetOpt = None,
     console.print(f"{len(dims)} searched dimensions; discrete part: {size:,} configurations{extra}. "
                   f"Budget: {sp.search.n_trials} complete trials, sampler {sp.search.sampler}.")
     if sp.search.design is not None:
+        from autokd.space.design import trials_per_point
         from autokd.study.design import build_design
 
         d, spec = build_design(sp), sp.search.design
-        per = 2 * d.points
+        per = trials_per_point(sp) * d.points
         reps = ("'auto' (a pilot of one, then as many as reach a 90% half-width of "
                 f"{spec.target:g} pts, at most {sp.search.n_trials // per})" if spec.replicates == "auto"
                 else f"{spec.replicates}" + (f", cut to {sp.search.n_trials // per} by n_trials"
                                              if spec.replicates * per > sp.search.n_trials else ""))
-        console.print(f"Design: {d.note}; {per} trials a replicate with the KD twins; replicates: {reps}.")
+        with_ = "the KD twins" if trials_per_point(sp) == 2 else "each point's sibling set"
+        console.print(f"Design: {d.note}; {per} trials a replicate with {with_}; replicates: {reps}.")

@@ -19,6 +19,13 @@ KD_PARAM = "distill.kd"
 KD_OWN = "distill."
 
 
+def trials_per_point(space: Space) -> int:
+    """Trials one design point runs: the point and its KD twin, or with ``distill.method`` searched its whole
+    sibling set (the KD-off trial and one KD-on trial per method)."""
+    method = space.distill.method
+    return 1 + len(method.choices) if isinstance(method, Choices) else 2
+
+
 @dataclass(frozen=True)
 class DesignFactor:
     """One technique of the design: its dotted path (Optuna parameter name) and its design levels, in order."""
@@ -126,10 +133,12 @@ def check_design(space: Space) -> list[tuple[str, str]]:
                                              f"{design.replicates * points} pairs, and the verdict model of {p} "
                                              f"coefficients needs at least {p + _min_df()}: use replicates >= "
                                              f"{least}, or 'auto'")]
-    if 2 * points * least > space.search.n_trials:
-        out.append(("search.n_trials", f"the design has {points} points, i.e. {2 * points} trials with their KD "
-                                       f"twins per replicate, and needs {least} replicate(s) to analyse: n_trials "
-                                       f"must be at least {2 * points * least} (got {space.search.n_trials})"))
+    per = trials_per_point(space) * points
+    if per * least > space.search.n_trials:
+        with_ = "KD twins" if trials_per_point(space) == 2 else "sibling sets (KD-off and one trial per KD method)"
+        out.append(("search.n_trials", f"the design has {points} points, i.e. {per} trials with their {with_} "
+                                       f"per replicate, and needs {least} replicate(s) to analyse: n_trials "
+                                       f"must be at least {per * least} (got {space.search.n_trials})"))
     return out
 
 

@@ -13,7 +13,7 @@ in the storage yet. Two workers that enqueue the same point at once leave two qu
 pruned as a duplicate when it is popped (:func:`autokd.trial_index.duplicate_of`), so no point runs twice, and none
 goes missing (a point of a begun block that is absent is enqueued again; a retry keeps its point and replicate).
 
-**Budget.** ``search.n_trials`` bounds the study: a design of L points needs 2 L trials a replicate, so at most
+**Budget.** ``search.n_trials`` bounds the study: a design of L points needs 2 L trials a replicate (with ``distill.method`` searched, (1 + methods) L), so at most
 ``n_trials // (2 L)`` replicates run (cut at a block boundary, said in the study's ``autokd.design`` attribute and by
 progress event ``design.cut``); the sampler spends the rest. With ``replicates: auto`` the first replicate (the first
 few, when one has fewer pairs than the verdict model needs: :func:`autokd.space.design.min_replicates`) is an
@@ -36,7 +36,8 @@ from optuna.trial import TrialState
 from autokd.progress import ProgressCallback, silent
 from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
 from autokd.space import Space, space_hash
-from autokd.space.design import KD_PARAM, DesignFactor, design_factors, held_settings, min_replicates
+from autokd.space.design import (KD_PARAM, DesignFactor, design_factors, held_settings, min_replicates,
+                                 trials_per_point)
 from autokd.study.storage import quiet_optuna
 
 ATTR_DESIGN = "autokd.design"  # study user attribute: the design and, once planned, its replicates
@@ -155,7 +156,7 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
     done, all their pairs are analysed and, if a technique misses the target, the design is re-planned once from
     them (:func:`autokd.report.plan.topup_replicates`)."""
     spec = space.search.design
-    budget = max(1, space.search.n_trials // (2 * design.points))
+    budget = max(1, space.search.n_trials // (trials_per_point(space) * design.points))
     record: dict[str, Any] = {"budget_replicates": budget, "target_half_width": spec.target / 100.0,
                               "margin": spec.margin / 100.0}
     if spec.replicates != "auto":
@@ -228,7 +229,7 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
         return None
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     replicates, planned, final, record = planned_replicates(study, space, design, trials)
-    _record(study, design, record, planned, progress)
+    _record(study, design, record, planned, progress, per=trials_per_point(space) * design.points)
     have = _originals(trials)
     for r in range(replicates):
         missing = [i for i in range(design.points) if (r, i) not in have]
@@ -246,7 +247,7 @@ def enqueue_design(study: optuna.Study, space: Space, *, progress: ProgressCallb
 
 
 def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], planned: bool,
-            progress: ProgressCallback) -> None:
+            progress: ProgressCallback, *, per: int) -> None:
     """Keep the design (and, once final, its plan) on the study for the report; said once per change."""
     current = study.user_attrs.get(ATTR_DESIGN)
     new = {**design.summary(), **record, "planned": planned}
@@ -263,4 +264,4 @@ def _record(study: optuna.Study, design: StudyDesign, record: dict[str, Any], pl
                  asked=topup["asked"], pairs=topup["pairs"], target=record.get("target_half_width"))
     if planned and record.get("cut") and (not before.get("cut") or before.get("asked") != record.get("asked")):
         progress("design.cut", replicates=record["replicates"], asked=record.get("asked"),
-                 budget=record["budget_replicates"], points=design.points)
+                 budget=record["budget_replicates"], points=design.points, trials=per)

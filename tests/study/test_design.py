@@ -216,7 +216,7 @@ def test_the_budget_cuts_at_a_block_boundary_and_says_so(tiny_space):
     state = enqueue_design(new_study(), space, progress=lambda e, **d: events.append((e, d)))
     assert state.replicates == 2
     (cut,) = [d for e, d in events if e == "design.cut"]
-    assert cut == {"replicates": 2, "asked": 3, "budget": 2, "points": 4}
+    assert cut == {"replicates": 2, "asked": 3, "budget": 2, "points": 4, "trials": 8}
 
 
 def test_a_design_point_keeps_its_replicate_through_twin_and_retry(tiny_space):
