@@ -32,7 +32,7 @@ from typing import Any
 
 from autokd.report import orthogonality, stats
 from autokd.report.stats import jsonable
-from autokd.report.methods import SET_ESTIMAND, method_differences, per_method, set_pairs
+from autokd.report.methods import SET_ESTIMAND, method_differences, methods_sentence, per_method, set_pairs
 from autokd.report.pairing import KD_PARAM, Pair, pair_trials
 from autokd.report.pareto import front_comparison, is_stopped
 from autokd.report.orthogonality import MIN_HETEROGENEITY_CONFIGURATIONS
@@ -208,21 +208,27 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     if methods:
         def analyse(ps: Sequence[Pair]) -> dict[str, Any]:
             own = _usable(ps, primary)
+            if use_design:  # as the pooled table: the method's design pairs, at exactly the design's levels
+                own = [p for p in own if p.design]
             names = sorted({k for p in own for k in p.params if not k.startswith(exclude_prefix) and k != kd_param})
+            if use_design and design and design.get("levels"):
+                names = sorted(design["levels"])
             summaries = {m: _gain_summary(ps, m, seed=seed) for m in metrics}
             fit = orthogonality.analyze([p.gain(primary) for p in own], {n: [p.params.get(n) for p in own]
                                                                          for n in names},
-                                        margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm)
+                                        margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
+                                        **({"min_level_pairs": 1, "exact_levels": True} if use_design else {}))
             return {"n_pairs": len(ps), "pairs": [{"on": p.numbers[0], "off": p.numbers[1]} for p in ps],
                     "gain": summaries, "overall": overall_word(summaries[primary], alpha=alpha),
                     "factors": fit.get("factors", [])}
 
-        method_extra = {"methods": per_method(listed, analyse), "n_sets": len(pairs),
+        by_method = per_method(listed, analyse)
+        method_extra = {"methods": by_method, "n_sets": len(pairs),
                         "method_differences": method_differences(listed, primary, margin=float(margin),
                                                                  alpha=alpha, seed=seed)}
     if design_section is not None and design_section.get("caveat") and use_design:
         warnings.append(design_section["caveat"])
-    unit = "configuration" if repeats > 1 else "pair"
+    unit = "sibling set" if methods else "configuration" if repeats > 1 else "pair"
     extra = {} if design_section is None else {"design": design_section}
     return jsonable({**extra, **method_extra,
         "metric": primary,
@@ -251,5 +257,6 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
         "early_stop": survival,
         "warnings": warnings,
         "verdict": verdict_text(word=word, summary=gain[primary], factors=ortho.get("factors", []), model=model,
-                                margin=float(margin), heterogeneity=heterogeneity, n_lost=len(lost), unit=unit),
+                                margin=float(margin), heterogeneity=heterogeneity, n_lost=len(lost), unit=unit)
+                   + (methods_sentence(method_extra["methods"], primary) if methods else ""),
     })

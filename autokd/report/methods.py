@@ -20,7 +20,7 @@ from autokd.report import stats
 from autokd.report.pairing import Pair, metric_of
 from autokd.report.verdict import MIN_VERDICT_PAIRS
 
-__all__ = ["set_pairs", "method_pairs", "method_differences", "difference_word", "SET_ESTIMAND"]
+__all__ = ["set_pairs", "method_pairs", "method_differences", "difference_word", "methods_sentence", "SET_ESTIMAND"]
 
 SET_ESTIMAND = ("the mean KD gain over the configurations this study visited, each configuration's gain being the "
                 "mean of its KD methods' gains against its one KD-off trial (sibling sets: the methods share that "
@@ -122,3 +122,17 @@ def method_differences(pairs: Sequence[Pair], metric: str, *, margin: float, alp
 def per_method(pairs: Sequence[Pair], analyse: Callable[[Sequence[Pair]], dict[str, Any]]) -> dict[str, Any]:
     """``analyse`` run on each method's own pairs (name order)."""
     return {m: analyse(ps) for m, ps in method_pairs(pairs).items()}
+
+
+_WORDS = {"adds": "adds", "hurts": "hurts", "no_clear_gain": "no clear gain", "too_few_pairs": "too few pairs"}
+
+
+def methods_sentence(methods: Mapping[str, Mapping[str, Any]], metric: str) -> str:
+    """The verdict's sentence on the methods, each in its own words: the pooled gain averages them, and methods
+    that pull apart can cancel there."""
+    parts = []
+    for name, m in methods.items():
+        g = m["gain"][metric]
+        mean = "" if g.get("mean") is None else f" ({100 * g['mean']:+.1f} pts)"
+        parts.append(f"{name} {_WORDS.get(m['overall'], m['overall'])}{mean}")
+    return " Per KD method (each on its own pairs): " + "; ".join(parts) + "."

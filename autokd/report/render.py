@@ -232,9 +232,9 @@ def kd_design_text(kd: dict[str, Any]) -> Text | None:
              f"Verdicts from {d.get('analysed')}, at exactly the design's levels."]
     if d.get("analysed") == "design pairs" and d.get("estimand"):
         lines.append(f"Verdict estimand: {d['estimand']}.")
-    if d.get("held"):
-        lines.append("Held in every design point: " + ", ".join(f"{k}={_value(v)}" for k, v in d["held"].items())
-                     + ".")
+    held = {k: v for k, v in (d.get("held") or {}).items() if not (kd.get("methods") and k == "distill.method")}
+    if held:  # (a searched KD method is not held: each design point runs every method, as its sibling set)
+        lines.append("Held in every design point: " + ", ".join(f"{k}={_value(v)}" for k, v in held.items()) + ".")
     if d.get("cut"):
         lines.append(f"The design was cut to {replicates} of {d.get('asked')} replicate(s) by search.n_trials.")
     return Text("\n".join(lines), style="dim")

@@ -127,6 +127,9 @@ def test_the_report_json_keeps_its_keys_and_adds_methods():
         assert set(m["gain"]) == set(kd["gain"])
     assert kd["methods"]["logit_std"]["overall"] == "adds"
     assert len(kd["method_differences"]) == 3
+    # the verdict counts sets, and names each method's own word (a pooled mean can hide methods that pull apart)
+    assert "over 12 sibling sets" in kd["verdict"]
+    assert "Per KD method (each on its own pairs): dist " in kd["verdict"] and "logit_std adds (+2.6 pts)" in kd["verdict"]
 
 
 def test_the_forest_plot_groups_by_method():
