@@ -346,21 +346,32 @@ def dimensions(space: Space) -> list[Dimension]:
     return dims
 
 
+# A searched field that applies only when another field has a given value: a KD method only with KD on. A trial
+# where it does not apply draws no value for it (a KD-off trial carries no method, so one KD-off run serves every
+# method) and runs with the field's default.
+CONDITIONS: dict[str, tuple[str, Any]] = {"distill.method": ("distill.kd", True)}
+
+
 def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
-    """(number of configurations of the discrete dimensions, number of continuous dimensions)."""
-    size, continuous = 1, 0
+    """(number of configurations of the discrete dimensions, number of continuous dimensions). A field that
+    applies only at some values of another (:data:`CONDITIONS`: a KD method only with KD on) multiplies only those:
+    ``distill.kd`` {true, false} with 3 methods is 1 + 3 configurations, not 6."""
+    by_path = {d.path: d for d in dims}
+    size, continuous, counted = 1, 0, set()
+    for path, (other, value) in CONDITIONS.items():
+        dim, on = by_path.get(path), by_path.get(other)
+        if dim is not None and dim.size is not None and on is not None and on.choices is not None:
+            applying = sum(c == value for c in on.choices)
+            size *= len(on.choices) - applying + applying * dim.size
+            counted |= {path, other}
     for d in dims:
+        if d.path in counted:
+            continue
         if d.size is None:
             continuous += 1
         else:
             size *= d.size
     return size, continuous
-
-
-# A searched field that applies only when another field has a given value: a KD method only with KD on. A trial
-# where it does not apply draws no value for it (a KD-off trial carries no method, so one KD-off run serves every
-# method) and runs with the field's default.
-CONDITIONS: dict[str, tuple[str, Any]] = {"distill.method": ("distill.kd", True)}
 
 
 def _value_at(model: BaseModel, path: str) -> Any:

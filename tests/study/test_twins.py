@@ -329,3 +329,11 @@ def test_validate_refuses_a_searched_method_without_kd(tiny_space, space_file, c
     res = cli("validate", space_file(data))
     assert res.code == 2
     assert "distill.method" in res.err and "applies only with KD on" in res.err
+
+
+def test_a_kd_method_counts_only_where_kd_is_on(tiny_space):
+    from autokd.space import dimensions, discrete_size
+
+    data = copy.deepcopy(tiny_space)
+    data["distill"]["method"] = {"choices": ["hinton", "dist", "logit_std"]}
+    assert discrete_size(dimensions(space_from_dict(data))) == (2 * (1 + 3), 0)  # width × (KD off + 3 methods)
