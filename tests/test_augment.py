@@ -179,13 +179,18 @@ def test_kd_and_plain_runs_see_the_same_views(monkeypatch):
     logits = torch.zeros(views, n, classes)
     logits[..., 0] = torch.arange(views * n, dtype=torch.float32).reshape(views, n)
     used_logits = []
-    kd_loss = autokd.train.kd_loss
+    logit_loss = autokd.train.logit_loss
 
-    def recording_kd_loss(out, teacher, targets, **kw):
-        used_logits.append(teacher.detach().clone())
-        return kd_loss(out, teacher, targets, **kw)
+    def recording_logit_loss(method, **kw):  # the KD loss the loop builds, recording the teacher logits it gets
+        loss = logit_loss(method, **kw)
 
-    monkeypatch.setattr(autokd.train, "kd_loss", recording_kd_loss)
+        def recording(out, teacher, targets):
+            used_logits.append(teacher.detach().clone())
+            return loss(out, teacher, targets)
+
+        return recording
+
+    monkeypatch.setattr(autokd.train, "logit_loss", recording_logit_loss)
     torch.manual_seed(0)
     plain = Recorder(4, classes)
     fit(plain, pool, y, OPT, seed=11)

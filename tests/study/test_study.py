@@ -374,7 +374,7 @@ def test_trial_records_are_plain_data(url, tiny_space):
                     "seconds": 1.5}))
     (r,) = trial_records(study)
     assert r == {"number": 0, "state": "COMPLETE", "values": [0.5, 100.0], "params": {"distill.kd": True},
-                 "metrics": {"val_accuracy": 0.5, "flops": 100.0}, "settings": {"distill": {"kd": True}},
+                 "queued_params": None, "metrics": {"val_accuracy": 0.5, "flops": 100.0}, "settings": {"distill": {"kd": True}},
                  "seconds": 1.5, "fail_reason": None, "twin_of": None, "retry_of": None, "duplicate_of": None,
                  "stopped_reason": None, "stopped_epoch": None, "teacher": None, "teacher_hash": None,
                  "numerics": None, "design_point": None, "replicate": 0}
