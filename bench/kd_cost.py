@@ -124,10 +124,9 @@ def main() -> None:
                 # Rotate the order so that a load spike does not always hit the same side; keep the fastest.
                 for side in sides[r % len(sides):] + sides[:r % len(sides)]:
                     fixed = {**BASE, **params, "distill.kd": side != "off"}
-                    cfg = sample(space, optuna.trial.FixedTrial(fixed))
-                    if side != "off":
-                        cfg = sample(space.model_copy(update={"distill": space.distill.model_copy(
-                            update={"method": side})}), optuna.trial.FixedTrial(fixed))
+                    with_method = space if side == "off" else space.model_copy(
+                        update={"distill": space.distill.model_copy(update={"method": side})})
+                    cfg = sample(with_method, optuna.trial.FixedTrial(fixed))
                     seconds, peak = timed(lambda: run_config(cfg, inputs))
                     runs[side].append(seconds)
                     peaks[side].append(peak)

@@ -99,6 +99,20 @@ def survival_conditioning(trials: Sequence[Mapping]) -> dict[str, Any] | None:
     return {"on": True, "stopped": stopped, "conditioned_on_survival": True, "note": survival_sentence(stopped)}
 
 
+# How a design's pairs are analysed: at exactly the design's levels (no binning, no merging), one pair a level is
+# enough to show it (the design balances them)
+DESIGN_LEVELS = {"min_level_pairs": 1, "exact_levels": True}
+
+
+def _factors_of(pairs: Sequence[Pair], *, design: Mapping[str, Any] | None, exclude_prefix: str,
+                kd_param: str) -> dict[str, list[Any]]:
+    """The other techniques' values of each pair: the design's techniques when ``design`` (its record) is given,
+    else every searched param except KD's own settings."""
+    names = sorted((design or {}).get("levels") or {k for p in pairs for k in p.params
+                                                    if not k.startswith(exclude_prefix) and k != kd_param})
+    return {name: [p.params.get(name) for p in pairs] for name in names}
+
+
 def design_factor_analysis(trials: Iterable[Mapping], *, factors: Sequence[str], margin: float,
                            metric: str = "val_accuracy", seed: int = 0, n_perm: int = 2000,
                            alpha: float = 0.05) -> dict[str, Any]:
@@ -110,8 +124,7 @@ def design_factor_analysis(trials: Iterable[Mapping], *, factors: Sequence[str],
         pairs = set_pairs(pairs, methods)[0]
     kept = [p for p in pairs if p.design and p.gain(metric) is not None]
     return orthogonality.analyze([p.gain(metric) for p in kept], {f: [p.params.get(f) for p in kept] for f in factors},
-                                 margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm, min_level_pairs=1,
-                                 exact_levels=True)
+                                 margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm, **DESIGN_LEVELS)
 
 
 def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_accuracy", "test_accuracy"),
@@ -159,10 +172,8 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     if use_design:
         kept = designed
     gains = [p.gain(primary) for p in kept]
-    names = sorted({k for p in kept for k in p.params if not k.startswith(exclude_prefix) and k != kd_param})
-    if use_design and design and design.get("levels"):
-        names = sorted(design["levels"])
-    factors = {name: [p.params.get(name) for p in kept] for name in names}
+    factors = _factors_of(kept, design=design if use_design else None, exclude_prefix=exclude_prefix,
+                          kd_param=kd_param)
     repeat_gains = [p.repeat_gains(primary) for p in kept]
     repeats = min((len(r) if r else 1 for r in repeat_gains), default=1)
     repeats_note = None
@@ -174,7 +185,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     with_repeats = repeats > 1 and len(kept) >= MIN_HETEROGENEITY_CONFIGURATIONS
     ortho = orthogonality.analyze(gains, factors, margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
                                   repeat_gains=repeat_gains if with_repeats else None,
-                                  **({"min_level_pairs": 1, "exact_levels": True} if use_design else {}))
+                                  **(DESIGN_LEVELS if use_design else {}))
     model = {k: ortho.get(k) for k in ("fitted", "reason", "n_pairs", "n_coefficients", "df_resid", "se", "test",
                                        "alpha", "equivalence_confidence")}
     heterogeneity = ortho.get("heterogeneity") if with_repeats else None
@@ -210,14 +221,12 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
             own = _usable(ps, primary)
             if use_design:  # as the pooled table: the method's design pairs, at exactly the design's levels
                 own = [p for p in own if p.design]
-            names = sorted({k for p in own for k in p.params if not k.startswith(exclude_prefix) and k != kd_param})
-            if use_design and design and design.get("levels"):
-                names = sorted(design["levels"])
             summaries = {m: _gain_summary(ps, m, seed=seed) for m in metrics}
-            fit = orthogonality.analyze([p.gain(primary) for p in own], {n: [p.params.get(n) for p in own]
-                                                                         for n in names},
+            fit = orthogonality.analyze([p.gain(primary) for p in own],
+                                        _factors_of(own, design=design if use_design else None,
+                                                    exclude_prefix=exclude_prefix, kd_param=kd_param),
                                         margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
-                                        **({"min_level_pairs": 1, "exact_levels": True} if use_design else {}))
+                                        **(DESIGN_LEVELS if use_design else {}))
             return {"n_pairs": len(ps), "pairs": [{"on": p.numbers[0], "off": p.numbers[1]} for p in ps],
                     "gain": summaries, "overall": overall_word(summaries[primary], alpha=alpha),
                     "factors": fit.get("factors", [])}
