@@ -37,6 +37,7 @@ from torch import nn
 from autokd import worker
 from autokd.errors import StorageUnavailable
 from autokd.compress import prune_model, quantize_model
+from autokd.distill import FEATURE_METHODS, FeatureDistiller, method_settings
 from autokd.data import FLIP_DATASETS, Splits, augment_pool, dataset_key
 from autokd.early_stop import (CURVE_ATTR, STOPPED_AT_ATTR, STOPPED_BY_ATTR, STOPPED_EPOCH_ATTR, STOPPED_REASON_ATTR,
                                STOPPED_VALUES_ATTR, CurvePoint, EarlyStopWatch, EpochWatch, Reference, Stopped, StopRule)
@@ -151,16 +152,36 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
     if augment and inputs.pool is None:
         raise ValueError("train.augment is true but no view pool was prepared (use prepare_inputs)")
     x = inputs.pool if augment else data.train_x
-    distill = None
-    if use_kd:
-        logits = inputs.pool_logits if augment else inputs.teacher.train_logits
-        distill = Distillation(logits, cfg.distill.temperature, cfg.distill.alpha, method=cfg.distill.method)
 
     def seed_of(phase: str) -> int:
         return stream_seed(cfg.train.seed, repeat, phase, cfg.replicate)
 
     torch.manual_seed(seed_of("init"))
     model = build_student(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
+    distill, features = None, None
+    if use_kd:
+        d = cfg.distill
+        if d.method in FEATURE_METHODS:  # the teacher runs on each batch; its regressors (if any) drawn after the
+            features = FeatureDistiller(  # student, from the same init stream
+                d.method, model, inputs.teacher.models[d.feature_member], image_shape=tuple(data.train_x.shape[1:]),
+                alpha=d.alpha, label_smoothing=cfg.train.label_smoothing, settings=method_settings(d))
+            distill = Distillation(None, d.temperature, d.alpha, method=d.method, features=features)
+        else:
+            logits = inputs.pool_logits if augment else inputs.teacher.train_logits
+            distill = Distillation(logits, d.temperature, d.alpha, method=d.method, settings=method_settings(d))
+    try:
+        return _train_measure(cfg, model, x, inputs, distill, features, seed_of=seed_of, repeat=repeat,
+                              progress=progress, watch=watch)
+    finally:
+        if features is not None:
+            features.close()  # no hook stays on the student (saved, exported) or on the shared teacher
+
+
+def _train_measure(cfg: TrialConfig, model: nn.Module, x: torch.Tensor, inputs: TrialInputs,
+                   distill: Distillation | None, features: FeatureDistiller | None, *, seed_of, repeat: int,
+                   progress: ProgressCallback, watch: EpochWatch | None) -> TrialOutcome:
+    """:func:`run_config` once the student is built: dense training, compression, fine-tuning, measuring."""
+    data, c = inputs.data, cfg.compress
 
     trained = {"images": 0, "seconds": 0.0, "watching": 0.0}
 
@@ -192,11 +213,16 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
         pick = torch.randperm(len(data.train_y), generator=gen)[:CALIBRATION_IMAGES].to(data.train_y.device)
         calib = (data.train_x[pick], data.train_y[pick])
         torch.manual_seed(seed_of("prune"))  # the "random" criterion draws from the global stream
+        removed: dict[int, list[int]] = {}
         model = prune_model(model, ratio=c.prune_ratio, method=c.prune_method, example_input=data.train_x[:1],
-                            round_to=c.round_to, calibration=calib)
+                            round_to=c.round_to, calibration=calib, removed=removed)
+        if features is not None:
+            features.pruned(removed)  # FitNets' regressors read only the channels the student kept
     if c.bits != 32:
         model = quantize_model(model, bits=c.bits, act_bits=c.act_bits, keep_first_last=c.keep_first_last,
                                    quantizer=c.quantizer)
+        if features is not None:
+            features.attach(model)  # quantization replaced the hooked modules
     if c.finetune_epochs:
         lr = c.finetune_lr if c.finetune_lr is not None else cfg.train.lr / 2
         phase("finetune", Optim.from_train(cfg.train, epochs=c.finetune_epochs, lr=lr))

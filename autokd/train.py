@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autokd.distill import logit_loss
+from autokd.distill import FeatureDistiller, logit_loss
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
 
@@ -39,14 +39,16 @@ def stream_seed(seed: int, repeat: int, phase: str, replicate: int = 0) -> int:
 
 @dataclass(frozen=True)
 class Distillation:
-    """What the KD term needs: the teacher's logits for every training image (same order as ``x``):
-    (N, K), or (V, N, K) for a view pool."""
+    """What the KD term needs: for a logit method the teacher's logits for every training image (same order as
+    ``x``): (N, K), or (V, N, K) for a view pool; for a feature method the :class:`FeatureDistiller` that runs the
+    teacher on each batch (``logits`` is then not read)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     temperature: float
     alpha: float
-    method: str = "hinton"  # a logit method of autokd.distill.LOGIT_METHODS
+    method: str = "hinton"  # a method of autokd.distill.LOGIT_METHODS or FEATURE_METHODS
     settings: dict[str, Any] = field(default_factory=dict)  # the method's own settings (over its defaults)
+    features: FeatureDistiller | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ class Optim:
                    grad_clip=train.grad_clip, precision=getattr(train, "precision", "fp32"))
 
 
-def make_optimizer(model: nn.Module, opt: Optim) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: nn.Module, opt: Optim, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """The phase's optimizer over ``model``'s trainable parameters (and ``extra`` ones after them: a KD
+    method's regressors, trained with the student)."""
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
     if opt.optimizer == "sgd":
         # Nesterov needs momentum > 0 (torch refuses it otherwise): momentum 0 trains plain SGD.
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
@@ -126,7 +130,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, seed:
     """
     if opt.epochs < 1:
         return []
-    if distill is not None:
+    if distill is not None and distill.features is None:
+        if distill.logits is None:
+            raise ValueError(f"KD method {distill.method!r} needs the teacher's logits")
         if distill.logits.shape[:-1] != x.shape[:-3]:
             raise ValueError(f"teacher logits {tuple(distill.logits.shape)} do not match the training images "
                              f"{tuple(x.shape)}")
@@ -144,13 +150,17 @@ def _epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, g
             distill: Distillation | None, on_epoch: EpochCallback | None) -> list[float]:
     n, pool = len(y), x.dim() == 5
     steps_per_epoch = max(1, math.ceil(n / opt.batch_size))
-    optimizer = make_optimizer(model, opt)
+    extra = distill.features.parameters() if distill is not None and distill.features is not None else []
+    optimizer = make_optimizer(model, opt, extra)
+    clipped = list(model.parameters()) + extra
     schedule = make_schedule(optimizer, opt, opt.epochs * steps_per_epoch)
     losses = []
     model.train()
     autocast = mixed_precision(opt.precision, x.device)
-    kd = None if distill is None else logit_loss(distill.method, temperature=distill.temperature, alpha=distill.alpha,
-                                                 label_smoothing=opt.label_smoothing, settings=distill.settings)
+    kd = None
+    if distill is not None and distill.features is None:
+        kd = logit_loss(distill.method, temperature=distill.temperature, alpha=distill.alpha,
+                        label_smoothing=opt.label_smoothing, settings=distill.settings)
     for epoch in range(opt.epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
         view = torch.randint(x.shape[0], (n,), generator=gen).to(x.device) if pool else None
@@ -161,15 +171,18 @@ def _epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optim, *, g
                 continue
             at = (view[idx], idx) if pool else idx
             with autocast:
-                out = model(x[at])
-                if kd is None:
-                    loss = F.cross_entropy(out, y[idx], label_smoothing=opt.label_smoothing)
+                if distill is not None and distill.features is not None:  # the teacher sees the same views
+                    _, loss = distill.features.step(model, x[at], y[idx])
                 else:
-                    loss = kd(out, distill.logits[at], y[idx])
+                    out = model(x[at])
+                    if kd is None:
+                        loss = F.cross_entropy(out, y[idx], label_smoothing=opt.label_smoothing)
+                    else:
+                        loss = kd(out, distill.logits[at], y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opt.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+                torch.nn.utils.clip_grad_norm_(clipped, opt.grad_clip)
             optimizer.step()
             schedule.step()
             total += loss.detach() * len(idx)

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autokd.sampling import replicate_of
+from autokd.space.schema import METHOD_SETTINGS
 
 KD_PARAM = "distill.kd"
 METHOD_PARAM = "distill.method"  # searched only with KD: a KD-off trial carries none (autokd.space.schema.CONDITIONS)
@@ -39,20 +40,37 @@ def params_key(params: dict[str, Any], replicate: int = 0) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items())) + (("replicate", replicate),)
 
 
+def kd_setting(key: str) -> bool:
+    """Whether the param ``key`` is a KD method's own setting (``distill.<method>.*``): part of the KD treatment,
+    not of the configuration, and drawn for each KD-on trial of its method."""
+    parts = key.split(".")
+    return len(parts) == 3 and parts[0] == "distill" and parts[1] in METHOD_SETTINGS
+
+
+def sibling_core(params: dict[str, Any]) -> dict[str, Any]:
+    """What places a trial in its sibling set: its params without any KD method's own settings."""
+    return {k: v for k, v in params.items() if not kd_setting(k)}
+
+
 def sibling_params(params: dict[str, Any], methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The other members of ``params``' sibling set: the same configuration KD-off (which carries no method) and
     KD-on once per method of ``methods`` (the searched ``distill.method`` choices; ``None`` when it is not
-    searched: then the KD-on member carries no method either, and the set is a pair of twins)."""
+    searched: then the KD-on member carries no method either, and the set is a pair of twins).
+
+    A method's own searched settings (:func:`kd_setting`) are not given: each KD-on member draws its own from
+    the sampler, so every member is identified by :func:`sibling_core` alone."""
     if KD_PARAM not in params:
         raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
-    base = {k: v for k, v in params.items() if k not in (KD_PARAM, METHOD_PARAM)}
+    own = sibling_core(params)
+    base = {k: v for k, v in own.items() if k not in (KD_PARAM, METHOD_PARAM)}
     members = [{**base, KD_PARAM: False}]
     members += [{**base, KD_PARAM: True, METHOD_PARAM: m} for m in methods] if methods else [{**base, KD_PARAM: True}]
-    return [m for m in members if m != params]
+    return [m for m in members if m != own]
 
 
 def sibling_keys(t: FrozenTrial, methods: Sequence[str] | None = None) -> list[tuple]:
-    """The keys of ``t``'s siblings (:func:`sibling_params`, in ``t``'s replicate); none without ``distill.kd``."""
+    """The keys of ``t``'s siblings (:func:`sibling_params`, in ``t``'s replicate), to look up among
+    :attr:`TrialIndex.finished_cores`; none without ``distill.kd``."""
     if KD_PARAM not in t.params:
         return []
     return [params_key(p, replicate_of(t.user_attrs)) for p in sibling_params(t.params, methods)]
@@ -66,6 +84,7 @@ class TrialIndex:
         self.unfinished: dict[int, FrozenTrial] = {}  # number -> the trial as last read (WAITING, RUNNING)
         self.finished_by_key: dict[tuple, list[tuple[int, TrialState, bool]]] = {}  # key -> (number, state, stopped)
         self.finished_keys: set[tuple] = set()  # keys of finished trials that are not PRUNED (twins are "there")
+        self.finished_cores: set[tuple] = set()  # the same by sibling_core (a sibling is there whatever its settings)
         self.complete = 0
         self.open_twins: dict[int, FrozenTrial] = {}  # COMPLETE trials whose siblings have not all finished
 
@@ -86,6 +105,7 @@ class TrialIndex:
             if t.state == TrialState.PRUNED:
                 continue
             self.finished_keys.add(key)
+            self.finished_cores.add(params_key(sibling_core(t.params), replicate_of(t.user_attrs)))
             if t.state == TrialState.COMPLETE:
                 self.complete += 1
                 if KD_PARAM in t.params:

@@ -211,7 +211,8 @@ def _taylor_gradients(model: nn.Module, calibration: tuple[torch.Tensor, torch.T
 
 
 def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_input: torch.Tensor,
-                round_to: int = 1, calibration: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+                round_to: int = 1, calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+                removed: dict[int, list[int]] | None = None) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group of ``model`` (in place) and return it.
 
     ``method`` ranks channels within each group: ``l1`` / ``l2`` (weight magnitude), ``random``, ``taylor``
@@ -221,6 +222,10 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
     ``example_input`` is a batch used only to trace the graph. ``model.classifier`` keeps its outputs (the
     classes); its inputs shrink with the head. Channel counts left in each group are rounded down to a multiple of
     ``round_to`` by torch-pruning; a group too small to keep one multiple is left unpruned.
+
+    ``removed`` (a dict, optional) is filled with the output channels each layer lost, by ``id`` of the layer
+    (indices into its channels before pruning): what follows a layer's channels from outside the model (a KD
+    regressor reading a pruned stage) slices itself with it.
 
     ``ratio == 0`` returns the model untouched. The model keeps its device and train/eval mode; any ``.grad`` is
     cleared (parameters are replaced by smaller ones, so an existing optimizer must be rebuilt).
@@ -241,7 +246,12 @@ def prune_model(model: nn.Module, *, ratio: float, method: str = "l1", example_i
                 round_to=round_to if round_to > 1 else None,
                 # A plain tensor would otherwise first be tried as model(*example_input), i.e. split along the batch.
                 forward_fn=lambda m, x: m(x))
-            pruner.step()
+            for group in pruner.step(interactive=True):  # what step() does, watching which channels go
+                if removed is not None:
+                    for dep, idxs in group:
+                        if dep.pruning_fn.__name__.endswith("out_channels"):
+                            removed.setdefault(id(dep.layer), []).extend(int(i) for i in idxs)
+                group.prune()
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)  # torch-pruning's tracing leaves the model in eval mode

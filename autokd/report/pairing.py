@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from autokd.space.identity import LATER_FIELDS
+from autokd.space.schema import METHOD_SETTINGS
 
 KD_PARAM = "distill.kd"
 METHOD_PARAM = "distill.method"  # searched KD method: only KD-on trials carry it (their KD-off partner has none)
@@ -33,8 +34,22 @@ IGNORED_SETTINGS = ({"search"}, {"dataset": {"root", "download"}})
 # Settings added by later versions of autokd: a trial recorded before one existed ran at its default (the space hash
 # leaves them out while at their default, so such a study resumes), so a missing one reads as its default. Else a
 # twin run after an upgrade would be refused as "settings differ" from its original recorded before it.
-LATER_DEFAULTS = {f"{section}.{name}": default for section, fields in LATER_FIELDS.items()
-                  for name, default in fields.items()}
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    return {k: v for name, child in node.items() for k, v in _leaves(child, f"{prefix}.{name}").items()}
+
+
+LATER_DEFAULTS = {k: v for section, fields in LATER_FIELDS.items() for name, default in fields.items()
+                  for k, v in _leaves(default, f"{section}.{name}").items()}
+
+
+def kd_treatment(path: str) -> bool:
+    """Whether the param or setting ``path`` belongs to the KD treatment, not to the configuration: the KD method
+    and a method's own settings (``distill.<method>.*``), which only a KD-on trial uses. Sibling sets and pairs
+    are formed on what is left."""
+    parts = path.split(".")
+    return path == METHOD_PARAM or (len(parts) >= 3 and parts[0] == "distill" and parts[1] in METHOD_SETTINGS)
 
 __all__ = ["KD_PARAM", "METHOD_PARAM", "Pair", "LostPair", "Pairing", "pair_trials", "kd_flag", "metric_of", "is_state"]
 
@@ -191,11 +206,11 @@ def _mismatch(original: Mapping, twin: Mapping, kd_param: str) -> str | None:
     if (original.get("replicate") or 0) != (twin.get("replicate") or 0):
         return "the two trials are different design replicates (different random streams)"
     # the KD method is KD's own setting: only the KD-on side has (or uses) one
-    po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k not in (kd_param, METHOD_PARAM)}
-    pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k not in (kd_param, METHOD_PARAM)}
+    po = {k: _freeze(v) for k, v in (original.get("params") or {}).items() if k != kd_param and not kd_treatment(k)}
+    pt = {k: _freeze(v) for k, v in (twin.get("params") or {}).items() if k != kd_param and not kd_treatment(k)}
     diff = sorted(k for k in set(po) | set(pt) if po.get(k) != pt.get(k))
     if not diff and original.get("settings") and twin.get("settings"):
-        diff = [k for k in _settings_diff(original["settings"], twin["settings"], kd_param) if k != METHOD_PARAM]
+        diff = [k for k in _settings_diff(original["settings"], twin["settings"], kd_param) if not kd_treatment(k)]
     return f"settings differ beyond {kd_param}: {', '.join(diff)}" if diff else None
 
 
@@ -285,7 +300,7 @@ def _run_params(t: Mapping) -> dict:
 
 def _config_key(t: Mapping, kd_param: str) -> Any:
     """A sibling set's key: the searched params without KD and its method, the seed and the design replicate."""
-    params = {k: v for k, v in _run_params(t).items() if k not in (kd_param, METHOD_PARAM)}
+    params = {k: v for k, v in _run_params(t).items() if k != kd_param and not kd_treatment(k)}
     return (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")), t.get("replicate") or 0)
 
 
@@ -336,7 +351,7 @@ def _pair_siblings(trials: list[Mapping], by_number: dict[int, Mapping], kd_para
             if reason is None:
                 linked = on.get("twin_of") == off["number"] or off.get("twin_of") == on["number"] or \
                     on.get("twin_of") == off.get("twin_of") is not None
-                params = {k: v for k, v in _run_params(on).items() if k not in (kd_param, METHOD_PARAM)}
+                params = {k: v for k, v in _run_params(on).items() if k != kd_param and not kd_treatment(k)}
                 pairs.append(Pair(dict(on), dict(off), params, _nested_get(on.get("settings") or {}, "train.seed"),
                                   bool(linked), method))
                 used |= {int(on["number"]), int(off["number"])}

@@ -11,7 +11,7 @@ from autokd.errors import hint
 
 from autokd.space.design import check_design
 from autokd.space.memory import KNOWN_DATASETS, MemoryLimit, estimate_memory, format_bytes, memory_limit
-from autokd.space.schema import Choices, Range, Space, walk_fields, dimensions
+from autokd.space.schema import CONDITIONS, Choices, Range, Space, _fmt, dimensions, walk_fields
 
 
 CheckResult = list[tuple[str, str]]
@@ -25,6 +25,13 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "model.dropout": (0.0, 1.0, True, False),
     "distill.temperature": (0.1, 100.0, True, True),  # beyond these the soft targets under/overflow
     "distill.alpha": (0.0, 1.0, True, True),
+    "distill.dist.beta": (0.0, 1e9, True, True),
+    "distill.dist.gamma": (0.0, 1e9, True, True),
+    "distill.dist.tau": (0.1, 100.0, True, True),
+    "distill.logit_std.temperature": (0.1, 100.0, True, True),
+    "distill.at.beta": (0.0, 1e9, True, True),
+    "distill.fitnets.weight": (0.0, 1e9, True, True),
+    "distill.pkt.weight": (0.0, 1e9, True, True),
     "train.lr": (0.0, 10.0, False, True),
     "train.weight_decay": (0.0, 1.0, True, True),
     "train.label_smoothing": (0.0, 1.0, True, False),
@@ -164,11 +171,83 @@ def check_search(space: Space) -> CheckResult:
 
 
 def check_distill(space: Space) -> CheckResult:
-    """A searched KD method needs KD on in some trial (a KD-off trial carries no method)."""
-    if isinstance(space.distill.method, Choices) and space.distill.kd is False:
-        return [("distill.method", "is searched, but distill.kd is false: a KD method applies only with KD on "
-                 "(set distill.kd to true or to {choices: [true, false]})")]
-    return []
+    """A searched field that applies only at some values of another (a KD method only with KD on, a method's
+    settings only with that method) can apply in some trial."""
+    out: CheckResult = []
+    values = dict(walk_fields(space))
+    for d in dimensions(space):
+        if d.path not in CONDITIONS:
+            continue
+        other, allowed = CONDITIONS[d.path]
+        possible = _candidates(values[other])
+        if not any(v == a and type(v) is type(a) for v in possible for a in allowed):
+            shown = ", ".join(_fmt(a) for a in allowed)
+            now = (f"{{choices: [{', '.join(_fmt(v) for v in possible)}]}}" if isinstance(values[other], Choices)
+                   else _fmt(values[other]))
+            fix = ("it applies only with KD on (set distill.kd to true or to {choices: [true, false]})"
+                   if other == "distill.kd" else
+                   f"it applies only with {other} = {shown} (set {other} to {shown} or search it over {shown})")
+            out.append((d.path, f"is searched, but {other} is {now}: {fix}"))
+    return out
+
+
+def _arch_candidates(space: Space, cap: int = 32) -> list[dict[str, Any]]:
+    """Architectures of the space that can differ in their feature resolutions: every combination of the model's
+    categorical choices (numeric ranges at their low end), at most ``cap``."""
+    base = space.model.model_dump(mode="python")
+    fields = [(k, _candidates(getattr(space.model, k))) for k in base]
+    combos: list[dict[str, Any]] = [{}]
+    for name, options in fields:
+        value = getattr(space.model, name)
+        options = options if isinstance(value, Choices) else options[:1]
+        combos = [{**c, name: o} for c in combos for o in options][:cap]
+    return combos
+
+
+def check_feature_layers(space: Space) -> CheckResult:
+    """Every searched architecture has the stage ends a feature method hints (matched by resolution with the
+    teacher's), and the feature member is a member of the teacher ensemble."""
+    from autokd.distill.features import FEATURE_METHODS, feature_pairs
+    from autokd.models import build_model, build_teacher
+
+    values = dict(walk_fields(space))
+    kd_can = True in _candidates(values["distill.kd"])
+    methods = [m for m in _candidates(values["distill.method"]) if m in FEATURE_METHODS] if kd_can else []
+    if not methods:
+        return []
+    out: CheckResult = []
+    if space.distill.feature_member >= space.distill.teacher.ensemble:
+        out.append(("distill.feature_member", f"{space.distill.feature_member} is not a member of the teacher "
+                    f"ensemble (valid: 0-{space.distill.teacher.ensemble - 1})"))
+    est = estimate_memory(space)
+    staged = [m for m in methods if FEATURE_METHODS[m].stages]
+    if est is None or not staged:  # an image folder not there yet: its image size is not known
+        return out
+    shape = est.image_shape
+    try:
+        teacher = build_teacher(space.distill.teacher, num_classes=10, in_channels=shape[0])
+    except Exception:  # an unknown teacher family is check_families' line
+        return out
+    seen: set[tuple[str, str]] = set()
+    for arch in _arch_candidates(space):
+        family = arch.pop("family")
+        try:
+            student = build_model(family, num_classes=10, in_channels=shape[0], **arch)
+        except Exception:  # an unknown family or a bad value is another check's line
+            continue
+        for m in staged:
+            for layers in _candidates(values[f"distill.{m}.layers"]):
+                try:
+                    feature_pairs(m, student, teacher, shape, layers)
+                except ValueError as exc:
+                    where = ", ".join(f"{k} {_fmt(v)}" for k, v in arch.items()
+                                      if isinstance(getattr(space.model, k), Choices))
+                    line = (f"distill.{m}.layers", f"{_fmt(layers)}: {exc} ({family}"
+                            + (f" with {where}" if where else "") + f", {shape[1]}x{shape[2]} images)")
+                    if (line[0], str(exc)) not in seen:
+                        seen.add((line[0], str(exc)))
+                        out.append(line)
+    return out
 
 
 def check_compress(space: Space) -> CheckResult:
@@ -262,8 +341,8 @@ def check_memory(space: Space, *, limit: MemoryLimit | None = None) -> CheckResu
 
 
 CHECKS: list[Callable[[Space], CheckResult]] = [check_ranges, check_bounds, check_families, check_dataset,
-                                                check_teacher, check_distill, check_search, check_compress,
-                                                check_design]
+                                                check_teacher, check_distill, check_feature_layers, check_search,
+                                                check_compress, check_design]
 #: Checks that depend on the machine, not only on the space: run on space files (``load_space``, ``autokd
 #: validate``, ``autokd search``), not on a space stored in a study (that one must stay readable elsewhere).
 MACHINE_CHECKS: list[Callable[[Space], CheckResult]] = [check_memory, check_backends]

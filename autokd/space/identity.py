@@ -22,7 +22,11 @@ HASHED_BEFORE = {"search": {"sampler": ("tpe", "nsga2", "random", "gp")}}
 # Fields added after studies already existed: left out of the hash while at their default, so that a study made
 # before they existed still resumes (its question did not change).
 LATER_FIELDS = {"train": {"precision": "fp32"}, "compress": {"quantizer": "minmax"}, "search": {"design": None},
-                "distill": {"method": "hinton"}}
+                "distill": {"method": "hinton", "feature_member": 0,
+                            # the KD methods' settings blocks, at their defaults (as they dump)
+                            "dist": {"beta": 1.0, "gamma": 1.0, "tau": 1.0}, "logit_std": {"temperature": 2.0},
+                            "at": {"beta": 1000.0, "layers": "all"}, "fitnets": {"weight": 100.0, "layers": "middle"},
+                            "pkt": {"weight": 30000.0}}}
 
 
 def space_hash(space: Space) -> str:

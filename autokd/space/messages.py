@@ -31,9 +31,11 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _clean_loc(loc: Sequence[Any]) -> tuple:
-    # Drop discriminator tags ("<fixed>") and pydantic's generic/union member names ("Choices[float]").
-    return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("<") or "[" in p)))
+def _clean_loc(loc: Sequence[Any], *, keep_last: bool = False) -> tuple:
+    # Drop discriminator tags ("<fixed>") and pydantic's generic/union member names ("Choices[float]"). The last
+    # element of an unknown-field error is the user's key, whatever it looks like ('[' is a valid YAML key).
+    head, tail = (loc[:-1], tuple(loc[-1:])) if keep_last else (loc, ())
+    return tuple(p for p in head if not (isinstance(p, str) and (p.startswith("<") or "[" in p))) + tail
 
 
 _DIMENSION_FIELDS = {"<choices>": ["choices"], "<range>": ["low", "high", "step", "log"]}
@@ -107,11 +109,11 @@ def validate_data(data: Any, *, source: str | None = None, lines: dict[tuple, in
         space = Space.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        typos = {(_clean_loc(e["loc"])[:-1], m) for e in errors if e["type"] == "extra_forbidden"
+        typos = {(_clean_loc(e["loc"], keep_last=True)[:-1], m) for e in errors if e["type"] == "extra_forbidden"
                  for m in difflib.get_close_matches(str(e["loc"][-1]), ["choices", "low", "high"], n=1, cutoff=0.6)}
         problems = []
         for err in errors:
-            loc = _clean_loc(err["loc"])
+            loc = _clean_loc(err["loc"], keep_last=err["type"] == "extra_forbidden")
             if err["type"] == "missing" and (loc[:-1], loc[-1]) in typos:
                 continue
             problems.append(_problem(loc, _message(err, loc), source, lines, parsed))

@@ -121,6 +121,56 @@ class TeacherSpec(_Strict):
         "the views are then often wrong).")
 
 
+LayerKeyword = Literal["all", "first", "middle", "last"]
+# Which stage ends a feature method hints: a keyword over the resolutions the student and the teacher share
+# (largest first), or one index into them.
+SLayers = _searchable(Union[LayerKeyword, Annotated[int, Field(ge=0)]], numeric=False)
+
+
+class DistSettings(_Strict):
+    """DIST's settings (Huang et al. 2022, section 4)."""
+
+    beta: SFloat = Field(1.0, description="Weight of the inter-class (per image) correlation term, >= 0.")
+    gamma: SFloat = Field(1.0, description="Weight of the intra-class (per class) correlation term, >= 0.")
+    tau: SFloat = Field(1.0, description="Softmax temperature of both terms, in [0.1, 100].")
+
+
+class LogitStdSettings(_Strict):
+    """Logit standardization's settings (Sun et al. 2024)."""
+
+    temperature: SFloat = Field(2.0, description="Base temperature applied to the standardized logits, in "
+                                "[0.1, 100] (the paper's CIFAR-100 value).")
+
+
+class ATSettings(_Strict):
+    """Attention transfer's settings (Zagoruyko & Komodakis 2017)."""
+
+    beta: SFloat = Field(1000.0, description="The paper's beta: the term is beta/2 times the attention maps' "
+                         "mean squared distance summed over the hinted stages, >= 0.")
+    layers: SLayers = Field("all", description="Stage ends hinted, among the resolutions the student and the "
+                            "teacher share (largest first): 'all', 'first', 'middle', 'last' or one index.")
+
+
+class FitNetsSettings(_Strict):
+    """FitNets' settings (Romero et al. 2015; one-stage training and weight as in the CRD benchmark)."""
+
+    weight: SFloat = Field(100.0, description="Weight of the hint MSE term, >= 0.")
+    layers: SLayers = Field("middle", description="Stage ends hinted through a 1x1 regressor, among the "
+                            "resolutions the student and the teacher share: 'all', 'first', 'middle' (the "
+                            "paper's), 'last' or one index.")
+
+
+class PKTSettings(_Strict):
+    """PKT's settings (Passalis & Tefas 2018; weight as in the CRD benchmark)."""
+
+    weight: SFloat = Field(30000.0, description="Weight of the KL term between the penultimate features' "
+                           "similarity distributions, >= 0.")
+
+
+_SETTINGS_BLOCKS: dict[str, type[_Strict]] = {"dist": DistSettings, "logit_std": LogitStdSettings,
+                                               "at": ATSettings, "fitnets": FitNetsSettings, "pkt": PKTSettings}
+
+
 class DistillSpec(_Strict):
     """Knowledge distillation: alpha * L_method(student, teacher) + (1 - alpha) * CE (Hinton's by default:
     L = T^2 * KL(teacher || student))."""
@@ -128,12 +178,22 @@ class DistillSpec(_Strict):
     kd: SBool = Field(False, description="Distill from the teacher; {choices: [true, false]} searches KD as a "
                       "factor (with KD twins: every configuration run with and without it).")
     method: _searchable(KDMethod, numeric=False) = Field(
-        "hinton", description="The KD method, used when KD is on: 'hinton' (soft targets, Hinton et al. 2015), "
-        "'dist' (inter- and intra-class correlation, Huang et al. 2022), 'logit_std' (soft targets of "
-        "standardized logits, Sun et al. 2024); all run on the cached teacher logits. {choices: [...]} searches "
-        "it: every configuration then runs KD-off once and KD-on once per method.")
-    temperature: SFloat = Field(4.0, description="Softmax temperature T of the KD term, in [0.1, 100].")
+        "hinton", description="The KD method, used when KD is on. On the cached teacher logits: 'hinton' (soft "
+        "targets, Hinton et al. 2015), 'dist' (inter- and intra-class correlation, Huang et al. 2022), "
+        "'logit_std' (soft targets of standardized logits, Sun et al. 2024). On the teacher's features, the "
+        "teacher running on each batch: 'at' (attention transfer, Zagoruyko & Komodakis 2017), 'fitnets' (hints "
+        "through a 1x1 regressor, Romero et al. 2015), 'pkt' (probabilistic knowledge transfer of the "
+        "penultimate features, Passalis & Tefas 2018). {choices: [...]} searches it: every configuration then "
+        "runs KD-off once and KD-on once per method.")
+    temperature: SFloat = Field(4.0, description="Softmax temperature T of Hinton's KD term, in [0.1, 100].")
     alpha: SFloat = Field(0.9, description="Weight of the KD term against cross-entropy, in [0, 1].")
+    dist: DistSettings = Field(DistSettings(), description="Settings of method 'dist'.")
+    logit_std: LogitStdSettings = Field(LogitStdSettings(), description="Settings of method 'logit_std'.")
+    at: ATSettings = Field(ATSettings(), description="Settings of method 'at'.")
+    fitnets: FitNetsSettings = Field(FitNetsSettings(), description="Settings of method 'fitnets'.")
+    pkt: PKTSettings = Field(PKTSettings(), description="Settings of method 'pkt'.")
+    feature_member: int = Field(0, ge=0, description="With a teacher ensemble, the member whose features the "
+                                "feature methods read (0: the first).")
     teacher: TeacherSpec = Field(TeacherSpec(), description="The teacher that KD distills from.")
 
 
@@ -164,8 +224,11 @@ class TrainSpec(_Strict):
 
 PruneMethod = Literal["l1", "l2", "random", "taylor", "bn_scale", "nni-l1", "nni-l2", "nni-fpgm", "nni-taylor"]
 Quantizer = Literal["minmax", "lsq"]
-# KD methods (autokd.distill): the logit methods run on the cached teacher logits
-KDMethod = Literal["hinton", "dist", "logit_std"]
+# KD methods (autokd.distill): the logit methods run on the cached teacher logits, the feature methods on the
+# teacher's features (the teacher runs on each batch)
+KDMethod = Literal["hinton", "dist", "logit_std", "at", "fitnets", "pkt"]
+# Methods with a settings block under distill (distill.<method>.*)
+METHOD_SETTINGS = ("dist", "logit_std", "at", "fitnets", "pkt")
 
 
 class CompressSpec(_Strict):
@@ -346,32 +409,50 @@ def dimensions(space: Space) -> list[Dimension]:
     return dims
 
 
-# A searched field that applies only when another field has a given value: a KD method only with KD on. A trial
-# where it does not apply draws no value for it (a KD-off trial carries no method, so one KD-off run serves every
-# method) and runs with the field's default.
-CONDITIONS: dict[str, tuple[str, Any]] = {"distill.method": ("distill.kd", True)}
+# A searched field that applies only when another field has one of some values: a KD method only with KD on, a
+# method's own settings only with that method. A trial where it does not apply draws no value for it (a KD-off
+# trial carries no method, so one KD-off run serves every method) and runs with the field's default. Chains: a
+# method's settings apply only where the method itself applies.
+CONDITIONS: dict[str, tuple[str, tuple[Any, ...]]] = {"distill.method": ("distill.kd", (True,))}
+CONDITIONS.update({f"distill.{m}.{name}": ("distill.method", (m,))
+                   for m in METHOD_SETTINGS for name in _SETTINGS_BLOCKS[m].model_fields})
 
 
 def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
     """(number of configurations of the discrete dimensions, number of continuous dimensions). A field that
-    applies only at some values of another (:data:`CONDITIONS`: a KD method only with KD on) multiplies only those:
-    ``distill.kd`` {true, false} with 3 methods is 1 + 3 configurations, not 6."""
+    applies only at some values of another (:data:`CONDITIONS`) multiplies only those: ``distill.kd`` {true,
+    false} with 3 methods is 1 + 3 configurations, not 6. A continuous field counts once wherever it applies."""
     by_path = {d.path: d for d in dims}
-    size, continuous, counted = 1, 0, set()
-    for path, (other, value) in CONDITIONS.items():
-        dim, on = by_path.get(path), by_path.get(other)
-        if dim is not None and dim.size is not None and on is not None and on.choices is not None:
-            applying = sum(c == value for c in on.choices)
-            size *= len(on.choices) - applying + applying * dim.size
-            counted |= {path, other}
+    children: dict[str, list[str]] = {}
+    for path, (other, _) in CONDITIONS.items():
+        if path in by_path and other in by_path:
+            children.setdefault(other, []).append(path)
+    conditioned = {c for cs in children.values() for c in cs}
+    continuous: set[str] = set()
+
+    def count(path: str) -> int:  # the configurations of ``path`` and the fields that hang on it
+        d = by_path[path]
+        if d.choices is None:
+            if d.size is None:
+                continuous.add(path)
+            below = 1
+            for c in children.get(path, ()):
+                below *= count(c)
+            return (d.size or 1) * below
+        total = 0
+        for v in d.choices:
+            n = 1
+            for c in children.get(path, ()):
+                if any(v == a and type(v) is type(a) for a in CONDITIONS[c][1]):
+                    n *= count(c)
+            total += n
+        return total
+
+    size = 1
     for d in dims:
-        if d.path in counted:
-            continue
-        if d.size is None:
-            continuous += 1
-        else:
-            size *= d.size
-    return size, continuous
+        if d.path not in conditioned:
+            size *= count(d.path)
+    return size, len(continuous)
 
 
 def _value_at(model: BaseModel, path: str) -> Any:
@@ -381,13 +462,24 @@ def _value_at(model: BaseModel, path: str) -> Any:
     return node
 
 
+def _default_at(path: str) -> Any:
+    """The schema default of the field at ``path``."""
+    model: type[BaseModel] = Space
+    *parents, name = path.split(".")
+    for part in parents:
+        default = model.model_fields[part].default
+        model = type(default)
+    return model.model_fields[name].default
+
+
 def applies(space: Space, path: str, params: dict[str, Any]) -> bool:
     """Whether the searched field ``path`` applies to a trial with ``params`` (see :data:`CONDITIONS`); the field
-    it depends on is read from ``params`` when searched, else from the space."""
+    it depends on is read from ``params`` when searched, else from the space, and must apply itself."""
     if path not in CONDITIONS:
         return True
-    other, value = CONDITIONS[path]
-    return (params[other] if other in params else _value_at(space, other)) == value
+    other, values = CONDITIONS[path]
+    value = params[other] if other in params else _value_at(space, other)
+    return any(value == v and type(value) is type(v) for v in values) and applies(space, other, params)
 
 
 def resolve(space: Space, params: dict[str, Any]) -> Space:
@@ -398,21 +490,30 @@ def resolve(space: Space, params: dict[str, Any]) -> Space:
     or one that does not apply.
     """
     dims = {d.path for d in dimensions(space)}
-    # a field whose controlling field is searched but has no value counts as applying (that absence is the problem)
-    active = {p for p in dims if p not in CONDITIONS or (CONDITIONS[p][0] in dims and CONDITIONS[p][0] not in params)
-              or applies(space, p, params)}
-    missing = sorted(active - set(params))
+
+    def active(p: str) -> bool:
+        # a field whose controlling field is searched but has no value counts as applying (that absence is the
+        # problem reported)
+        if p not in CONDITIONS:
+            return True
+        other = CONDITIONS[p][0]
+        if other in dims and other not in params:
+            return active(other)
+        return applies(space, p, params)
+
+    on = {p for p in dims if active(p)}
+    missing = sorted(on - set(params))
     unknown = sorted(set(params) - dims)
     problems = [Problem("no value given for this searched field", p) for p in missing]
     problems += [Problem("not a searched field of this space" + hint(p, sorted(dims)), p) for p in unknown]
-    problems += [Problem(f"does not apply with {CONDITIONS[p][0]} = {_fmt(params.get(CONDITIONS[p][0]))}", p)
-                 for p in sorted((set(params) & dims) - active)]
+    problems += [Problem(f"does not apply with {CONDITIONS[p][0]} = "
+                         f"{_fmt(params.get(CONDITIONS[p][0], _value_at(space, CONDITIONS[p][0])))}", p)
+                 for p in sorted((set(params) & dims) - on)]
     if problems:
         raise SpaceError(problems)
     data = space.model_dump(mode="python")
-    for path in sorted(dims - active):
-        section, name = path.split(".")
-        set_path(data, [section, name], type(getattr(space, section)).model_fields[name].default)
+    for path in sorted(dims - on):
+        set_path(data, path.split("."), _default_at(path))
     for path, value in params.items():
         set_path(data, path.split("."), value)
     resolved = Space.model_validate(data)

@@ -17,7 +17,8 @@ from autokd.progress import ProgressCallback, silent
 from autokd.sampling import DESIGN_POINT_ATTR, REPLICATE_ATTR, replicate_of
 from autokd.space import Space, dimensions
 from autokd.study.storage import quiet_optuna
-from autokd.trial_index import KD_PARAM, METHOD_PARAM, index_of, params_key, sibling_keys, sibling_params
+from autokd.trial_index import (KD_PARAM, METHOD_PARAM, index_of, params_key, sibling_core, sibling_keys,
+                                sibling_params)
 
 
 def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
@@ -26,12 +27,13 @@ def design_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def twin_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The same parameters with ``distill.kd`` flipped (a KD-on trial's method dropped: its KD-off twin has none)."""
+    """The same parameters with ``distill.kd`` flipped (a KD-on trial's method and the method's settings dropped:
+    its KD-off twin has none)."""
     if KD_PARAM not in params:
         raise ValueError(f"{KD_PARAM} is not a parameter of this trial")
     if METHOD_PARAM in params and not params[KD_PARAM]:
         raise ValueError(f"a KD-off trial carries no {METHOD_PARAM}")
-    return {**{k: v for k, v in params.items() if k != METHOD_PARAM}, KD_PARAM: not params[KD_PARAM]}
+    return {**{k: v for k, v in sibling_core(params).items() if k != METHOD_PARAM}, KD_PARAM: not params[KD_PARAM]}
 
 
 def kd_methods(space: Space) -> tuple[str, ...] | None:
@@ -55,17 +57,17 @@ def enqueue_missing_twins(study: optuna.Study, *, methods: tuple[str, ...] | Non
     there = set()  # keys of the unfinished trials (a WAITING one by the params it was queued with)
     for t in index.unfinished.values():
         if t.state == TrialState.WAITING:
-            there.add(params_key(t.system_attrs.get("fixed_params", {}), replicate_of(t.user_attrs)))
-        there.add(params_key(t.params, replicate_of(t.user_attrs)))
+            there.add(params_key(sibling_core(t.system_attrs.get("fixed_params", {})), replicate_of(t.user_attrs)))
+        there.add(params_key(sibling_core(t.params), replicate_of(t.user_attrs)))
     done = []
     for number in sorted(index.open_twins):
         t = index.open_twins[number]
         keys = sibling_keys(t, methods)
-        if all(key in index.finished_keys for key in keys):
+        if all(key in index.finished_cores for key in keys):
             del index.open_twins[number]  # every sibling has finished (not pruned): settled for good
             continue
         for key, sibling in zip(keys, sibling_params(t.params, methods), strict=True):
-            if key in there or key in index.finished_keys:
+            if key in there or key in index.finished_cores:
                 continue
             with quiet_optuna():
                 study.enqueue_trial(sibling, user_attrs={"twin_of": t.number, **design_attrs(t.user_attrs)})

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autokd.data import load_dataset
-from autokd.distill import LOGIT_METHODS
+from autokd.distill import KD_METHODS
 from autokd.export import formats, graph, verify
 from autokd.objective import prepare_inputs, run_config
 from autokd.sampling import sample
@@ -34,13 +34,13 @@ def trained(tmp_path_factory):
     teacher = get_teacher(space, data, cache_dir=tmp_path_factory.mktemp("cache"))
     inputs = prepare_inputs(space, data, teacher=teacher)
     out = {"off": run_config(sample(space, optuna.trial.FixedTrial({"distill.kd": False})), inputs)}
-    for method in LOGIT_METHODS:
+    for method in KD_METHODS:
         sp = space_from_dict({**SPACE, "distill": {**SPACE["distill"], "method": method}})
         out[method] = run_config(sample(sp, optuna.trial.FixedTrial({"distill.kd": True})), inputs)
     return out, data
 
 
-@pytest.mark.parametrize("method", sorted(LOGIT_METHODS))
+@pytest.mark.parametrize("method", sorted(KD_METHODS))
 def test_each_method_exports_like_its_kd_off_sibling(trained, method):
     outcomes, data = trained
     off, on = outcomes["off"].model.eval(), outcomes[method].model.eval()
