@@ -1,8 +1,9 @@
 """KD trial / KD-off twin time ratio with augmentation, on the default space, per KD method (issue targets: <= 1.3
-for hinton; <= 1.1 for the other logit methods against hinton's own cost).
+for hinton; <= 1.1 for the other logit methods against hinton's own cost; the feature methods are measured).
 
 For each of a few configurations of spaces/mobilenet.yaml with train.augment on, times the KD-on trial of every
-logit method (distill.method: hinton, dist, logit_std) and its KD-off twin (same settings and seed) through
+KD method (distill.method: the logit methods hinton, dist, logit_std on cached logits; the feature methods at,
+fitnets, pkt with the teacher run on every batch) and its KD-off twin (same settings and seed) through
 autokd.objective.run_config, with the teacher's logits over the view pool cached (what a search does), and the peak
 resident memory each run adds (sampled every 5 ms from /proc). For contrast it also times hinton with the teacher
 run on every augmented batch.
@@ -11,8 +12,9 @@ run on every augmented batch.
 
 Prints one line per configuration and the median ratios. Timings depend on the machine; the ratio is the point.
 Last line: ``kd_cost_ratio=<median hinton KD / twin time, cached logits> teacher_per_batch_ratio=<median KD time with
-the teacher run per batch / twin time> ratio_dist=<median dist / twin> ratio_logit_std=<...> peak_mb_off=<median peak
-MB added by a KD-off run> peak_mb_hinton=... peak_mb_dist=... peak_mb_logit_std=... configs=<n> repeats=<n>``.
+the teacher run per batch / twin time> ratio_dist=<median dist / twin> ratio_logit_std=<...> ratio_at=... ratio_fitnets=...
+ratio_pkt=... peak_mb_off=<median peak MB added by a KD-off run> peak_mb_hinton=... (every method) configs=<n>
+repeats=<n>``.
 
 ``--smoke`` (tests/test_benches.py): the first configuration, 1 repeat, students 1 + 1 epochs and one teacher of
 1 epoch on 200 training images at 8 px, 1 torch thread: seconds, the code paths only.
@@ -36,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autokd.data import load_dataset  # noqa: E402
-from autokd.distill import LOGIT_METHODS  # noqa: E402
+from autokd.distill import KD_METHODS  # noqa: E402
 from autokd.objective import TrialInputs, prepare_inputs, run_config, view_pool  # noqa: E402
 from autokd.sampling import sample  # noqa: E402
 from autokd.space import load_space  # noqa: E402
@@ -115,8 +117,8 @@ def main() -> None:
         teacher = get_teacher(space, data, pool=pool, cache_dir=cache)
         inputs = prepare_inputs(space, data, teacher=teacher, pool=pool)
         ratios, naive = [], []
-        sides = ["off", *LOGIT_METHODS]  # the KD-off twin, then KD-on with each method
-        method_ratios: dict[str, list[float]] = {m: [] for m in LOGIT_METHODS}
+        sides = ["off", *KD_METHODS]  # the KD-off twin, then KD-on with each method
+        method_ratios: dict[str, list[float]] = {m: [] for m in KD_METHODS}
         peaks: dict[str, list[float]] = {side: [] for side in sides}
         for params in configs:
             runs: dict[str, list[float]] = {side: [] for side in sides}
@@ -131,7 +133,7 @@ def main() -> None:
                     runs[side].append(seconds)
                     peaks[side].append(peak)
             times = {side: min(v) for side, v in runs.items()}
-            for m in LOGIT_METHODS:
+            for m in KD_METHODS:
                 method_ratios[m].append(times[m] / times["off"])
             times = {True: times["hinton"], False: times["off"]}
             ratio = times[True] / times[False]
@@ -144,15 +146,15 @@ def main() -> None:
             naive.append((time.perf_counter() - t) / times[False])
             print(f"{params}: KD {times[True]:.1f}s, twin {times[False]:.1f}s, ratio {ratio:.2f} "
                   f"(teacher per batch: {naive[-1]:.2f}; " +
-                  ", ".join(f"{m} {method_ratios[m][-1]:.2f}" for m in LOGIT_METHODS if m != "hinton") + ")")
+                  ", ".join(f"{m} {method_ratios[m][-1]:.2f}" for m in KD_METHODS if m != "hinton") + ")")
     print(f"median KD/twin time ratio with cached view-pool logits: {statistics.median(ratios):.2f} (target <= 1.3)")
     print(f"median ratio with the teacher ({space.distill.teacher.ensemble} member(s)) run per batch: "
           f"{statistics.median(naive):.2f}")
-    for m in LOGIT_METHODS:
+    for m in KD_METHODS:
         print(f"{m}: median KD/twin time ratio {statistics.median(method_ratios[m]):.2f}, peak memory added "
               f"{statistics.median(peaks[m]):.0f} MB (KD-off: {statistics.median(peaks['off']):.0f} MB)")
     print(f"kd_cost_ratio={statistics.median(ratios):.3f} teacher_per_batch_ratio={statistics.median(naive):.3f} "
-          + " ".join(f"ratio_{m}={statistics.median(method_ratios[m]):.3f}" for m in LOGIT_METHODS if m != "hinton")
+          + " ".join(f"ratio_{m}={statistics.median(method_ratios[m]):.3f}" for m in KD_METHODS if m != "hinton")
           + " " + " ".join(f"peak_mb_{side}={statistics.median(v):.1f}" for side, v in peaks.items())
           + f" configs={len(configs)} repeats={args.repeats}")
 

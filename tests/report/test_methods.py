@@ -151,3 +151,22 @@ def test_the_forest_plot_groups_by_method():
     assert overall == ["KD, all methods", "KD dist", "KD hinton", "KD logit_std"]
     labels = [line["label"] for line in _forest_layout(rows)]
     assert labels.index("KD dist") < labels.index("dist: width_mult") < labels.index("KD hinton")
+
+
+def test_a_methods_own_settings_are_part_of_its_kd_treatment():
+    """A KD-on trial's method settings (searched: in its params; in every trial's settings) do not split its
+    sibling set nor refuse its pair, and are not a configuration param of the pair."""
+    off = trial(0, False, 0.80)
+    on = trial(1, True, 0.84, method="at", twin_of=0)
+    on["params"]["distill.at.beta"] = 300.0
+    on["settings"]["distill"]["at"] = {"beta": 300.0, "layers": "all"}
+    off["settings"]["distill"]["at"] = {"beta": 1000.0, "layers": "all"}  # the KD-off trial: at its default
+    hinton = trial(2, True, 0.83, method="hinton", twin_of=0)
+    pairing = pair_trials([off, on, hinton])
+    assert not pairing.refused
+    assert sorted((p.numbers, p.method) for p in pairing.pairs) == [((1, 0), "at"), ((2, 0), "hinton")]
+    assert all("distill.at.beta" not in p.params for p in pairing.pairs)
+    # a difference in the configuration itself still refuses
+    other = trial(3, True, 0.84, method="at", twin_of=0)
+    other["settings"]["model"]["width_mult"] = 0.75
+    assert pair_trials([off, other]).refused

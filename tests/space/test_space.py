@@ -299,3 +299,39 @@ def test_space_name_pattern(tiny_space):
     with pytest.raises(SpaceError) as exc:
         space_from_dict(tiny_space)
     assert errors(exc) == ["name: use letters, digits, '.', '_' and '-' only (got '../etc')"]
+
+
+def test_a_methods_settings_apply_only_with_that_method_and_kd_on():
+    """distill.<method>.* applies where distill.method is that method, which applies only with KD on: a trial
+    elsewhere draws none and runs at the default; a value given where it does not apply is refused."""
+    import optuna
+
+    from autokd.errors import SpaceError
+    from autokd.sampling import sample
+    from autokd.space import applies, resolve
+
+    space = space_from_dict({"version": 1, "name": "s", "distill": {
+        "kd": {"choices": [True, False]}, "method": {"choices": ["hinton", "at"]},
+        "at": {"beta": {"choices": [300.0, 1000.0]}, "layers": {"choices": ["all", 1]}}}})
+    assert not applies(space, "distill.at.beta", {"distill.kd": False})
+    assert not applies(space, "distill.at.beta", {"distill.kd": True, "distill.method": "hinton"})
+    assert applies(space, "distill.at.beta", {"distill.kd": True, "distill.method": "at"})
+    off = sample(space, optuna.trial.FixedTrial({"distill.kd": False}))
+    assert off.params == {"distill.kd": False} and off.space.distill.at.beta == 1000.0
+    on = sample(space, optuna.trial.FixedTrial({"distill.kd": True, "distill.method": "at", "distill.at.beta": 300.0,
+                                                "distill.at.layers": 1}))
+    assert (on.space.distill.at.beta, on.space.distill.at.layers) == (300.0, 1)
+    with pytest.raises(SpaceError, match="distill.at.beta: does not apply with distill.method = hinton"):
+        resolve(space, {"distill.kd": True, "distill.method": "hinton", "distill.at.beta": 300.0})
+    with pytest.raises(SpaceError, match="distill.at.layers: no value given"):
+        resolve(space, {"distill.kd": True, "distill.method": "at", "distill.at.beta": 300.0})
+
+
+def test_fields_added_later_are_left_out_of_the_hash_at_the_schema_defaults():
+    """A study made before a field existed resumes: LATER_FIELDS must hold each field's real default."""
+    from autokd.space.identity import LATER_FIELDS
+
+    dumped = space_from_dict({"version": 1, "name": "s"}).model_dump(mode="json")
+    for section, fields in LATER_FIELDS.items():
+        for name, default in fields.items():
+            assert dumped[section][name] == default, f"{section}.{name}"

@@ -337,3 +337,86 @@ def test_a_kd_method_counts_only_where_kd_is_on(tiny_space):
     data = copy.deepcopy(tiny_space)
     data["distill"]["method"] = {"choices": ["hinton", "dist", "logit_std"]}
     assert discrete_size(dimensions(space_from_dict(data))) == (2 * (1 + 3), 0)  # width × (KD off + 3 methods)
+
+
+# --- a method's own searched settings ---------------------------------------------------------------------------
+
+def test_sibling_params_leave_a_methods_own_settings_to_the_sampler():
+    """A method's settings are part of its KD treatment: siblings are the same configuration without them (each
+    KD-on sibling draws its own method's settings), and a trial is never its own sibling whatever it drew."""
+    on = {"model.width_mult": 0.25, "distill.kd": True, "distill.method": "at", "distill.at.beta": 300.0}
+    off = {"model.width_mult": 0.25, "distill.kd": False}
+    methods = ("hinton", "at", "pkt")
+    assert sibling_params(on, methods) == [off, {**off, "distill.kd": True, "distill.method": "hinton"},
+                                           {**off, "distill.kd": True, "distill.method": "pkt"}]
+    assert twin_params({k: v for k, v in on.items() if k != "distill.method"}) == off
+
+
+SETTING_DISTS = {**DISTS, "distill.method": CategoricalDistribution(["hinton", "at"]),
+                 "distill.at.beta": CategoricalDistribution([300.0, 1000.0])}
+
+
+def test_siblings_with_drawn_settings_count_as_there():
+    """A KD-on sibling enqueued without its method's settings draws them when it runs: once it has finished, the
+    set is complete, and nothing is enqueued again (a key with the settings in it would never match)."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    off = {"distill.kd": False, "model.width_mult": 0.25, "train.lr": 0.01}
+    add(study, TrialState.COMPLETE, off, SETTING_DISTS)  # 0
+    assert enqueue_missing_twins(study, methods=("hinton", "at")) == [0, 0]
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
+    assert queued == [{**off, "distill.kd": True, "distill.method": m} for m in ("hinton", "at")]
+    for fixed in queued:  # run them (the queued params are fixed; the `at` one draws its beta)
+        trial = study.ask()
+        for name in fixed:
+            dist = SETTING_DISTS[name]
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, dist.choices)
+            else:
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        if trial.params["distill.method"] == "at":
+            trial.suggest_categorical("distill.at.beta", [300.0, 1000.0])
+        study.tell(trial, [0.5, 1.0])
+    assert enqueue_missing_twins(study, methods=("hinton", "at")) == []
+    assert enqueue_missing_twins(study, methods=("hinton", "at")) == []
+
+
+def test_a_search_over_methods_and_their_settings_runs_each_configuration_once_per_side(url, tiny_space):
+    """Searched method settings: every configuration runs KD-off once (no two COMPLETE KD-off trials share their
+    non-distill settings) and KD-on once per method; only a method's own trials carry its settings."""
+    data = twin_space(tiny_space, 2)
+    data["distill"]["method"] = {"choices": ["hinton", "at"]}
+    data["distill"]["at"] = {"beta": {"choices": [300.0, 1000.0]}}
+    run_search(space_from_dict(data), storage=url, device="cpu")
+    trials = load_study(storage=url, study_name="twins")[0].get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    configs: dict[tuple, list] = {}
+    for t in complete:
+        base = tuple(sorted((k, v) for k, v in t.params.items() if not k.startswith("distill.")))
+        configs.setdefault(base, []).append(t)
+        assert ("distill.at.beta" in t.params) is (t.params.get("distill.method") == "at")
+        if "distill.at.beta" in t.params:
+            assert t.user_attrs["settings"]["distill"]["at"]["beta"] == t.params["distill.at.beta"]
+    assert configs
+    for base, members in configs.items():
+        sides = sorted((t.params["distill.kd"], t.params.get("distill.method", "")) for t in members)
+        assert sides == [(False, ""), (True, "at"), (True, "hinton")], (base, sides)
+
+
+def test_validate_refuses_settings_of_a_method_never_run(tiny_space, space_file, cli):
+    data = copy.deepcopy(tiny_space)
+    data["distill"]["method"] = {"choices": ["hinton", "dist"]}
+    data["distill"]["at"] = {"beta": {"choices": [300.0, 1000.0]}}
+    res = cli("validate", space_file(data))
+    assert res.code == 2 and len(res.error_lines) == 1
+    assert "distill.at.beta" in res.err and "applies only with distill.method = at" in res.err
+
+
+def test_method_settings_count_only_with_their_method(tiny_space):
+    from autokd.space import dimensions, discrete_size
+
+    data = copy.deepcopy(tiny_space)
+    data["distill"]["method"] = {"choices": ["hinton", "at", "fitnets"]}
+    data["distill"]["at"] = {"layers": {"choices": ["all", "last"]}, "beta": {"low": 100.0, "high": 1000.0}}
+    # width × (KD off + hinton + at × 2 layer choices + fitnets); at.beta is continuous
+    assert discrete_size(dimensions(space_from_dict(data))) == (2 * (1 + 1 + 2 + 1), 1)
