@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from autokd.space.schema import Choices, Dimension, Space, dimensions
+from autokd.space.schema import CONDITIONS, Choices, Dimension, Space, dimensions
 
 KD_PARAM = "distill.kd"
 KD_OWN = "distill."
@@ -54,10 +54,13 @@ def design_factors(space: Space) -> list[DesignFactor]:
 
 
 def held_settings(space: Space) -> dict[str, Any]:
-    """The searched ``distill.*`` settings besides ``distill.kd``, each at the value every design point uses."""
+    """The searched ``distill.*`` settings besides ``distill.kd``, each at the value every design point uses. A KD
+    method's own settings (``distill.<method>.*``) are not held: each KD-on trial of that method draws them (they
+    belong to its KD treatment, as the method does to the sibling set)."""
     held = {}
     for dim in dimensions(space):
-        if dim.path.startswith(KD_OWN) and dim.path != KD_PARAM:
+        if (dim.path.startswith(KD_OWN) and dim.path != KD_PARAM
+                and CONDITIONS.get(dim.path, ("",))[0] != "distill.method"):
             held[dim.path] = dim.choices[0] if dim.choices is not None else _range_levels(space, dim)[0]
     return held
 

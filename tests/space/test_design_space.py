@@ -122,3 +122,18 @@ def test_a_valid_design_validates_and_a_bad_kind_names_the_options(cli, space_fi
     assert r.code == 2 and "'factorial' is not valid" in r.err and "full" in r.err, r.err
     r = cli("validate", space_file(edit("    replicates: 2", "    replicates: many")))
     assert r.code == 2 and "search.design.replicates" in r.err, r.err
+
+
+def test_a_methods_own_settings_are_drawn_not_held_by_the_design():
+    """The design holds the searched KD settings every point shares (method, alpha); a method's own settings
+    belong to its KD-on trials, which draw them."""
+    from autokd.space import space_from_dict
+    from autokd.space.design import held_settings
+
+    space = space_from_dict({
+        "version": 1, "name": "x",
+        "distill": {"kd": {"choices": [True, False]}, "method": {"choices": ["at", "hinton"]},
+                    "alpha": {"choices": [0.5, 0.9]}, "at": {"beta": {"choices": [300.0, 1000.0]}}},
+        "compress": {"prune_ratio": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 4]}, "finetune_epochs": 1},
+        "search": {"design": {"replicates": 2}, "n_trials": 48}})
+    assert held_settings(space) == {"distill.method": "at", "distill.alpha": 0.5}
