@@ -164,7 +164,7 @@ def run_config(cfg: TrialConfig, inputs: TrialInputs | Splits, *, repeat: int = 
         if d.method in FEATURE_METHODS:  # the teacher runs on each batch; its regressors (if any) drawn after the
             features = FeatureDistiller(  # student, from the same init stream
                 d.method, model, inputs.teacher.models[d.feature_member], image_shape=tuple(data.train_x.shape[1:]),
-                alpha=d.alpha, label_smoothing=cfg.train.label_smoothing, settings=method_settings(d))
+                label_smoothing=cfg.train.label_smoothing, settings=method_settings(d))
             distill = Distillation(None, d.temperature, d.alpha, method=d.method, features=features)
         else:
             logits = inputs.pool_logits if augment else inputs.teacher.train_logits

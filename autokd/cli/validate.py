@@ -20,7 +20,7 @@ def validate(space: SpaceArg, set_: SetOpt = None,
     design it runs first."""
     sp = load_space(space, overrides=set_ or [])
     dims = dimensions(sp)
-    size, continuous = discrete_size(dims)
+    size, continuous = discrete_size(dims, sp)
     if json_:
         typer.echo(json.dumps({"name": sp.name, "hash": space_hash(sp), "space": sp.model_dump(mode="json"),
                                "dimensions": [{"name": d.path, "values": d.describe(), "size": d.size}

@@ -12,7 +12,11 @@ logits the logit methods read from the cache).
   networks' penultimate feature vectors (the input of their dropout, before it drops anything; else of their
   classifier), weight 30000 as in the CRD benchmark.
 
-Whatever the method, the loss is ``alpha * weight * L_method + (1 - alpha) * CE`` (see :mod:`autokd.distill.logit`).
+The loss is ``CE + weight * L_method``: the feature term is added to the full cross-entropy, as each paper and the
+CRD benchmark (Tian et al. 2020: ``-r 1 -a 0 -b weight``) train them, which is what the papers' weights are for.
+``distill.alpha`` is the logit methods' balance (their soft term against CE) and is not used here: at alpha 0.9 it
+would weigh the feature term 9 times the papers' (measured on digits with the papers' weights: AT and FitNets
+then lost 50-60 points of accuracy).
 
 Compression: pruning removes channels from the student's stage ends; :meth:`FeatureDistiller.pruned` slices the
 regressor's input weights to the kept channels (torch-pruning's dependency graph never sees the regressor), so
@@ -78,17 +82,17 @@ class FeatureDistiller:
     torchdistill module (and FitNets' regressors). :meth:`step` runs both networks on a batch."""
 
     def __init__(self, method: str, student: nn.Module, teacher: nn.Module, *, image_shape: tuple[int, int, int],
-                 alpha: float, label_smoothing: float = 0.0, settings: dict[str, Any] | None = None):
+                 label_smoothing: float = 0.0, settings: dict[str, Any] | None = None, ce_weight: float = 1.0):
         if method not in FEATURE_METHODS:
             raise ValueError(f"unknown feature KD method {method!r} (valid: {', '.join(FEATURE_METHODS)})")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
+        if not ce_weight >= 0.0:
+            raise ValueError(f"ce_weight must be >= 0 (got {ce_weight})")
         spec = FEATURE_METHODS[method]
         unknown = set(settings or {}) - set(spec.defaults)
         if unknown:
             raise ValueError(f"{method}: unknown settings {sorted(unknown)} (valid: {', '.join(spec.defaults)})")
         self.method, self.values = method, {**spec.defaults, **(settings or {})}
-        self.alpha, self.label_smoothing, self.teacher = alpha, label_smoothing, teacher.eval()
+        self.ce_weight, self.label_smoothing, self.teacher = ce_weight, label_smoothing, teacher.eval()
         self.pairs = feature_pairs(method, student, teacher, image_shape, self.values.get("layers"))
         if spec.stages:
             s_paths, t_paths, io = [s.path for s, _ in self.pairs], [t.path for _, t in self.pairs], "output"
@@ -101,8 +105,14 @@ class FeatureDistiller:
             device = next(student.parameters()).device
             self.adapters.extend(nn.Conv2d(s.channels, t.channels, 1).to(device) for s, t in self.pairs)
         self.student_tap = Tap(student, s_paths, io)
-        self.teacher_tap = Tap(teacher, t_paths, io)
-        self.term = self._term(spec)
+        try:
+            self.teacher_tap = Tap(teacher, t_paths, io)
+            self.term = self._term(spec)
+        except BaseException:  # no hook may outlive a distiller that was never handed out (the teacher is shared)
+            self.student_tap.close()
+            if hasattr(self, "teacher_tap"):
+                self.teacher_tap.close()
+            raise
 
     def _term(self, spec: FeatureMethod) -> Callable[[dict, dict], torch.Tensor]:
         v = self.values
@@ -135,7 +145,7 @@ class FeatureDistiller:
             self.teacher(x)
         term = self.term(self.student_tap.take(), self.teacher_tap.take())
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return logits, self.alpha * term + (1 - self.alpha) * ce
+        return logits, self.ce_weight * ce + term
 
     def pruned(self, removed: dict[int, list[int]]) -> None:
         """After pruning: slice each regressor's input weights to the student channels that were kept.

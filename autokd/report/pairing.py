@@ -216,7 +216,7 @@ def _mismatch(original: Mapping, twin: Mapping, kd_param: str) -> str | None:
 
 def _make_pair(a: Mapping, b: Mapping, kd_param: str, linked: bool) -> Pair:
     on, off = (a, b) if kd_flag(a, kd_param) else (b, a)
-    params = {k: v for k, v in (a.get("params") or {}).items() if k != kd_param}
+    params = {k: v for k, v in (a.get("params") or {}).items() if k != kd_param and not kd_treatment(k)}
     seed = _nested_get(a.get("settings") or {}, "train.seed")
     return Pair(dict(on), dict(off), params, seed, linked)
 
@@ -278,7 +278,7 @@ def pair_trials(trials: Iterable[Mapping], *, kd_param: str = KD_PARAM) -> Pairi
         flag = kd_flag(t, kd_param)
         if flag is None:
             continue
-        params = {k: v for k, v in (t.get("params") or {}).items() if k != kd_param}
+        params = {k: v for k, v in (t.get("params") or {}).items() if k != kd_param and not kd_treatment(k)}
         key = (_freeze(params), _freeze(_nested_get(t.get("settings") or {}, "train.seed")), t.get("replicate") or 0)
         groups.setdefault(key, {True: [], False: []})[flag].append(t)
     for sides in groups.values():

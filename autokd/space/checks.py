@@ -172,22 +172,32 @@ def check_search(space: Space) -> CheckResult:
 
 def check_distill(space: Space) -> CheckResult:
     """A searched field that applies only at some values of another (a KD method only with KD on, a method's
-    settings only with that method) can apply in some trial."""
+    settings only with that method) can apply in some trial: every link of its condition chain can hold."""
     out: CheckResult = []
     values = dict(walk_fields(space))
+
+    def broken(path: str) -> tuple[str, tuple[Any, ...]] | None:  # the first link of the chain that cannot hold
+        if path not in CONDITIONS:
+            return None
+        other, allowed = CONDITIONS[path]
+        if not any(v == a and type(v) is type(a) for v in _candidates(values[other]) for a in allowed):
+            return other, allowed
+        return broken(other)
+
     for d in dimensions(space):
-        if d.path not in CONDITIONS:
+        link = broken(d.path)
+        if link is None:
             continue
-        other, allowed = CONDITIONS[d.path]
-        possible = _candidates(values[other])
-        if not any(v == a and type(v) is type(a) for v in possible for a in allowed):
-            shown = ", ".join(_fmt(a) for a in allowed)
-            now = (f"{{choices: [{', '.join(_fmt(v) for v in possible)}]}}" if isinstance(values[other], Choices)
-                   else _fmt(values[other]))
-            fix = ("it applies only with KD on (set distill.kd to true or to {choices: [true, false]})"
-                   if other == "distill.kd" else
-                   f"it applies only with {other} = {shown} (set {other} to {shown} or search it over {shown})")
-            out.append((d.path, f"is searched, but {other} is {now}: {fix}"))
+        other, allowed = link
+        shown = ", ".join(_fmt(a) for a in allowed)
+        now = (f"{{choices: [{', '.join(_fmt(v) for v in _candidates(values[other]))}]}}"
+               if isinstance(values[other], Choices) else _fmt(values[other]))
+        via = "" if other == CONDITIONS[d.path][0] else f" (it applies only with {CONDITIONS[d.path][0]} = " \
+            f"{', '.join(_fmt(a) for a in CONDITIONS[d.path][1])}, which needs {other} = {shown})"
+        fix = ("it applies only with KD on (set distill.kd to true or to {choices: [true, false]})"
+               if other == "distill.kd" else
+               f"it applies only with {other} = {shown} (set {other} to {shown} or search it over {shown})")
+        out.append((d.path, f"is searched, but {other} is {now}: {fix}{via}"))
     return out
 
 

@@ -172,8 +172,8 @@ _SETTINGS_BLOCKS: dict[str, type[_Strict]] = {"dist": DistSettings, "logit_std":
 
 
 class DistillSpec(_Strict):
-    """Knowledge distillation: alpha * L_method(student, teacher) + (1 - alpha) * CE (Hinton's by default:
-    L = T^2 * KL(teacher || student))."""
+    """Knowledge distillation. Logit methods: alpha * L_method(student, teacher) + (1 - alpha) * CE (Hinton's by
+    default: L = T^2 * KL(teacher || student)). Feature methods: CE + weight * L_method, as their papers train."""
 
     kd: SBool = Field(False, description="Distill from the teacher; {choices: [true, false]} searches KD as a "
                       "factor (with KD twins: every configuration run with and without it).")
@@ -186,7 +186,8 @@ class DistillSpec(_Strict):
         "penultimate features, Passalis & Tefas 2018). {choices: [...]} searches it: every configuration then "
         "runs KD-off once and KD-on once per method.")
     temperature: SFloat = Field(4.0, description="Softmax temperature T of Hinton's KD term, in [0.1, 100].")
-    alpha: SFloat = Field(0.9, description="Weight of the KD term against cross-entropy, in [0, 1].")
+    alpha: SFloat = Field(0.9, description="Weight of a logit method's KD term against cross-entropy, in [0, 1]; "
+                          "the feature methods add their term, with its own weight, to the full cross-entropy.")
     dist: DistSettings = Field(DistSettings(), description="Settings of method 'dist'.")
     logit_std: LogitStdSettings = Field(LogitStdSettings(), description="Settings of method 'logit_std'.")
     at: ATSettings = Field(ATSettings(), description="Settings of method 'at'.")
@@ -418,16 +419,33 @@ CONDITIONS.update({f"distill.{m}.{name}": ("distill.method", (m,))
                    for m in METHOD_SETTINGS for name in _SETTINGS_BLOCKS[m].model_fields})
 
 
-def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
+def _matches(value: Any, allowed: Sequence[Any]) -> bool:
+    return any(value == a and type(value) is type(a) for a in allowed)
+
+
+def discrete_size(dims: Sequence[Dimension], space: Space | None = None) -> tuple[int, int]:
     """(number of configurations of the discrete dimensions, number of continuous dimensions). A field that
     applies only at some values of another (:data:`CONDITIONS`) multiplies only those: ``distill.kd`` {true,
-    false} with 3 methods is 1 + 3 configurations, not 6. A continuous field counts once wherever it applies."""
+    false} with 3 methods is 1 + 3 configurations, not 6. A continuous field counts once wherever it applies.
+    With ``space``, a condition on a fixed field is read from it (a method's searched settings with the method
+    fixed hang on ``distill.kd``; a field that never applies counts nothing)."""
     by_path = {d.path: d for d in dims}
-    children: dict[str, list[str]] = {}
-    for path, (other, _) in CONDITIONS.items():
-        if path in by_path and other in by_path:
-            children.setdefault(other, []).append(path)
-    conditioned = {c for cs in children.values() for c in cs}
+    children: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}  # searched field -> (field hanging on it, values)
+    never: set[str] = set()
+    for path in by_path:
+        if path not in CONDITIONS:
+            continue
+        other, allowed = CONDITIONS[path]
+        while other not in by_path and space is not None:  # a fixed link: follow the chain up through it
+            if not _matches(_value_at(space, other), allowed):
+                never.add(path)
+                break
+            if other not in CONDITIONS:
+                break
+            other, allowed = CONDITIONS[other]
+        if path not in never and other in by_path:
+            children.setdefault(other, []).append((path, allowed))
+    hanging = {c for cs in children.values() for c, _ in cs}
     continuous: set[str] = set()
 
     def count(path: str) -> int:  # the configurations of ``path`` and the fields that hang on it
@@ -436,21 +454,21 @@ def discrete_size(dims: Sequence[Dimension]) -> tuple[int, int]:
             if d.size is None:
                 continuous.add(path)
             below = 1
-            for c in children.get(path, ()):
+            for c, _ in children.get(path, ()):
                 below *= count(c)
             return (d.size or 1) * below
         total = 0
         for v in d.choices:
             n = 1
-            for c in children.get(path, ()):
-                if any(v == a and type(v) is type(a) for a in CONDITIONS[c][1]):
+            for c, allowed in children.get(path, ()):
+                if _matches(v, allowed):
                     n *= count(c)
             total += n
         return total
 
     size = 1
     for d in dims:
-        if d.path not in conditioned:
+        if d.path not in hanging and d.path not in never:
             size *= count(d.path)
     return size, len(continuous)
 
@@ -479,7 +497,18 @@ def applies(space: Space, path: str, params: dict[str, Any]) -> bool:
         return True
     other, values = CONDITIONS[path]
     value = params[other] if other in params else _value_at(space, other)
-    return any(value == v and type(value) is type(v) for v in values) and applies(space, other, params)
+    return _matches(value, values) and applies(space, other, params)
+
+
+def _link(space: Space, path: str, params: dict[str, Any]) -> str:
+    """The first link of ``path``'s condition chain that does not hold, as ``field = value``."""
+    other, values = CONDITIONS[path]
+    value = params[other] if other in params else _value_at(space, other)
+    if isinstance(value, (Choices, Range)):  # searched, and no value given
+        return f"{other} not given"
+    if _matches(value, values) and other in CONDITIONS:
+        return _link(space, other, params)
+    return f"{other} = {_fmt(value)}"
 
 
 def resolve(space: Space, params: dict[str, Any]) -> Space:
@@ -506,9 +535,7 @@ def resolve(space: Space, params: dict[str, Any]) -> Space:
     unknown = sorted(set(params) - dims)
     problems = [Problem("no value given for this searched field", p) for p in missing]
     problems += [Problem("not a searched field of this space" + hint(p, sorted(dims)), p) for p in unknown]
-    problems += [Problem(f"does not apply with {CONDITIONS[p][0]} = "
-                         f"{_fmt(params.get(CONDITIONS[p][0], _value_at(space, CONDITIONS[p][0])))}", p)
-                 for p in sorted((set(params) & dims) - on)]
+    problems += [Problem(f"does not apply with {_link(space, p, params)}", p) for p in sorted((set(params) & dims) - on)]
     if problems:
         raise SpaceError(problems)
     data = space.model_dump(mode="python")

@@ -159,7 +159,7 @@ def test_close_removes_every_hook(nets, batch):
     tap.close()
     assert forward_hooks(student) == {}
     for method in FEATURE_METHODS:
-        d = FeatureDistiller(method, student, teacher, image_shape=SHAPE, alpha=0.5)
+        d = FeatureDistiller(method, student, teacher, image_shape=SHAPE)
         d.step(student, x, y)
         assert forward_hooks(student) and forward_hooks(teacher)
         d.close()
@@ -257,9 +257,9 @@ class _Odd(nn.Module):
 def test_a_student_sharing_no_resolution_is_refused(nets):
     _, teacher = nets
     with pytest.raises(ValueError, match=r"share no feature resolution \(student: 3x3; teacher: 8x8, 4x4, 2x2\)"):
-        FeatureDistiller("at", _Odd(), teacher, image_shape=SHAPE, alpha=0.5)
+        FeatureDistiller("at", _Odd(), teacher, image_shape=SHAPE)
     # the penultimate features need no shared resolution
-    FeatureDistiller("pkt", _Odd(), teacher, image_shape=SHAPE, alpha=0.5).close()
+    FeatureDistiller("pkt", _Odd(), teacher, image_shape=SHAPE).close()
 
 
 # --- the terms ---------------------------------------------------------------------------------------------------
@@ -284,8 +284,8 @@ def test_at_is_the_authors_code_and_torchdistills_atloss(nets, batch):
     """Zagoruyko & Komodakis' code: beta/2 * sum over the pairs of mean((at(s) - at(t))^2), at(f) the L2-normalized
     channel mean of f^2; the same as torchdistill's ATLoss(mode='code') times beta/2."""
     student, teacher = nets
-    alpha, beta = 0.7, 300.0
-    d = FeatureDistiller("at", student, teacher, image_shape=SHAPE, alpha=alpha, settings={"beta": beta})
+    beta = 300.0
+    d = FeatureDistiller("at", student, teacher, image_shape=SHAPE, settings={"beta": beta})
     assert d.values == {"beta": beta, "layers": "all"}  # the setting overrides its default, the other one stays
     s_paths = [STUDENT_ENDS[k][0] for k in STUDENT_ENDS]
     t_paths = [TEACHER_ENDS[k][0] for k in TEACHER_ENDS]
@@ -302,8 +302,8 @@ def test_at_is_the_authors_code_and_torchdistills_atloss(nets, batch):
                                                    {p: {"output": tf[p]} for p in t_paths})
     ce = F.cross_entropy(logits, y)
     assert by_hand > 0
-    assert torch.allclose(loss, alpha * by_hand + (1 - alpha) * ce, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(loss, alpha * module + (1 - alpha) * ce, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(loss, by_hand + ce, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(loss, module + ce, rtol=1e-5, atol=1e-6)
     d.close()
 
 
@@ -319,8 +319,8 @@ def _pkt_by_hand(s, t, eps=1e-7):
 
 def test_pkt_is_torchdistills_pktloss_on_the_classifier_inputs(nets, batch):
     student, teacher = nets
-    alpha, weight = 0.3, 500.0
-    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, alpha=alpha, label_smoothing=0.1,
+    weight = 500.0
+    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, label_smoothing=0.1,
                          settings={"weight": weight})
     assert d.values == {"weight": weight}
     logits, loss, si, ti = _step_with_capture(d, student, teacher, batch, ["classifier"], ["classifier"], "input")
@@ -331,15 +331,15 @@ def test_pkt_is_torchdistills_pktloss_on_the_classifier_inputs(nets, batch):
                                                                    {"classifier": {"input": t}})
     ce = F.cross_entropy(logits, y, label_smoothing=0.1)
     assert module > 0
-    assert torch.allclose(loss, alpha * weight * module + (1 - alpha) * ce, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(loss, alpha * weight * _pkt_by_hand(s, t) + (1 - alpha) * ce, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(loss, weight * module + ce, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(loss, weight * _pkt_by_hand(s, t) + ce, rtol=1e-4, atol=1e-6)
     d.close()
 
 
 def test_fitnets_is_the_mse_of_a_1x1_regressor_onto_the_teachers_stage(nets, batch):
     student, teacher = nets
-    alpha, weight = 0.6, 20.0
-    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE, alpha=alpha,
+    weight = 20.0
+    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE,
                          settings={"weight": weight, "layers": "all"})
     s_paths = [STUDENT_ENDS[k][0] for k in STUDENT_ENDS]
     t_paths = [TEACHER_ENDS[k][0] for k in TEACHER_ENDS]
@@ -352,27 +352,27 @@ def test_fitnets_is_the_mse_of_a_1x1_regressor_onto_the_teachers_stage(nets, bat
     _, y = batch
     hints = sum(((F.conv2d(sf[a], r.weight, r.bias) - tf[b]) ** 2).mean()
                 for r, a, b in zip(d.adapters, s_paths, t_paths))
-    assert torch.allclose(loss, alpha * weight * hints + (1 - alpha) * F.cross_entropy(logits, y), rtol=1e-5)
+    assert torch.allclose(loss, weight * hints + F.cross_entropy(logits, y), rtol=1e-5)
     d.close()
 
 
 def test_defaults_are_the_papers_and_unknown_settings_are_refused(nets):
     student, teacher = nets
-    fit = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE, alpha=0.9)
+    fit = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE)
     assert fit.values == {"weight": 100.0, "layers": "middle"}
     assert [(a.path, b.path) for a, b in fit.pairs] == [(STUDENT_ENDS[(4, 4)][0], TEACHER_ENDS[(4, 4)][0])]
     fit.close()
-    at = FeatureDistiller("at", student, teacher, image_shape=SHAPE, alpha=0.9)
+    at = FeatureDistiller("at", student, teacher, image_shape=SHAPE)
     assert at.values == {"beta": 1000.0, "layers": "all"} and len(at.pairs) == 3
     at.close()
     with pytest.raises(ValueError, match=r"at: unknown settings \['weight'\] \(valid: beta, layers\)"):
-        FeatureDistiller("at", student, teacher, image_shape=SHAPE, alpha=0.9, settings={"weight": 1.0})
+        FeatureDistiller("at", student, teacher, image_shape=SHAPE, settings={"weight": 1.0})
     with pytest.raises(ValueError, match=r"pkt: unknown settings \['layers'\] \(valid: weight\)"):
-        FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, alpha=0.9, settings={"layers": "all"})
+        FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, settings={"layers": "all"})
     with pytest.raises(ValueError, match="unknown feature KD method 'hinton' .valid: at, fitnets, pkt"):
-        FeatureDistiller("hinton", student, teacher, image_shape=SHAPE, alpha=0.9)
-    with pytest.raises(ValueError, match="alpha must be in"):
-        FeatureDistiller("at", student, teacher, image_shape=SHAPE, alpha=1.5)
+        FeatureDistiller("hinton", student, teacher, image_shape=SHAPE)
+    with pytest.raises(ValueError, match="ce_weight must be >= 0"):
+        FeatureDistiller("at", student, teacher, image_shape=SHAPE, ce_weight=-1.0)
     assert forward_hooks(student) == {} and forward_hooks(teacher) == {}  # refused before hooking anything
 
 
@@ -383,7 +383,7 @@ def test_defaults_are_the_papers_and_unknown_settings_are_refused(nets):
 def test_the_teacher_gets_no_gradient_and_keeps_its_eval_mode_and_statistics(nets, batch, method):
     student, teacher = nets
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    d = FeatureDistiller(method, student, teacher, image_shape=SHAPE, alpha=0.7)
+    d = FeatureDistiller(method, student, teacher, image_shape=SHAPE)
     x, y = batch
     _, loss = d.step(student, x, y)
     loss.backward()
@@ -395,10 +395,10 @@ def test_the_teacher_gets_no_gradient_and_keeps_its_eval_mode_and_statistics(net
 
 
 def test_the_at_term_alone_reaches_the_students_hinted_stages(nets, batch):
-    """With alpha = 1 only the feature term counts: every hinted stage end's convolutions get gradient from it,
-    the classifier (after the last stage) none."""
+    """Without the cross-entropy (ce_weight 0) only the feature term counts: every hinted stage end's convolutions
+    get gradient from it, the classifier (after the last stage) none."""
     student, teacher = nets
-    d = FeatureDistiller("at", student, teacher, image_shape=SHAPE, alpha=1.0)
+    d = FeatureDistiller("at", student, teacher, image_shape=SHAPE, ce_weight=0.0)
     x, y = batch
     _, loss = d.step(student, x, y)
     loss.backward()
@@ -426,7 +426,7 @@ def test_fitnets_regressors_follow_the_channels_pruning_kept(nets, batch):
     the kept channels are found independently by their BatchNorm gammas, which pruning moves unchanged."""
     student, teacher = nets
     _distinct_gammas(student)
-    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE, alpha=0.9, settings={"layers": "all"})
+    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE, settings={"layers": "all"})
     s_paths = [STUDENT_ENDS[k][0] for k in STUDENT_ENDS]
     bns = [last_batchnorm(student.get_submodule(p)) for p in s_paths]
     old_w = [r.weight.detach().clone() for r in d.adapters]
@@ -454,7 +454,7 @@ def test_fitnets_regressors_follow_the_channels_pruning_kept(nets, batch):
 
 def test_pruned_refuses_channels_lost_without_their_indices(nets, batch):
     student, teacher = nets
-    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE, alpha=0.9)
+    d = FeatureDistiller("fitnets", student, teacher, image_shape=SHAPE)
     x, _ = batch
     prune_model(student, ratio=0.5, method="l1", example_input=x[:1], removed={})
     with pytest.raises(RuntimeError, match=r"the hinted layer has 6 channels, but pruning says it kept 12 of 12"):
@@ -486,8 +486,8 @@ def test_a_tap_on_a_layer_quantization_replaced_keeps_one_hook_and_closes_clean(
 
 def test_pkt_after_quantization_and_attach_reads_the_quantized_classifiers_input(nets, batch):
     student, teacher = nets
-    alpha, weight = 0.4, 1000.0
-    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, alpha=alpha, settings={"weight": weight})
+    weight = 1000.0
+    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, settings={"weight": weight})
     quantize_model(student, bits=4)
     assert type(student.classifier).__name__ == "QuantLinear"
     d.attach(student)
@@ -495,13 +495,13 @@ def test_pkt_after_quantization_and_attach_reads_the_quantized_classifiers_input
     _, y = batch
     pkt = PKTLoss("classifier", "input", "classifier", "input")({"classifier": {"input": si["classifier"]}},
                                                                 {"classifier": {"input": ti["classifier"]}})
-    assert torch.allclose(loss, alpha * weight * pkt + (1 - alpha) * F.cross_entropy(logits, y), rtol=1e-5)
+    assert torch.allclose(loss, weight * pkt + F.cross_entropy(logits, y), rtol=1e-5)
     d.close()
 
 
 def test_close_after_quantization_leaves_no_hook(nets, batch):
     student, teacher = nets
-    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE, alpha=0.5)
+    d = FeatureDistiller("pkt", student, teacher, image_shape=SHAPE)
     quantize_model(student, bits=4)
     d.attach(student)
     d.close()
@@ -605,7 +605,7 @@ def test_pkt_reads_the_penultimate_features_before_dropout(batch):
     before dropout drops any (the classifier's input would be the dropped-out copy)."""
     torch.manual_seed(0)
     student = build_model("mobilenetv2", num_classes=10, in_channels=1, width_mult=0.5, stages="small", dropout=0.5)
-    d = FeatureDistiller("pkt", student, teacher_net(), image_shape=SHAPE, alpha=0.5)
+    d = FeatureDistiller("pkt", student, teacher_net(), image_shape=SHAPE)
     assert d.student_tap.paths == ("dropout",)
     grab = Capture(student, outputs=["pool"], inputs=["classifier"])
     x, y = batch

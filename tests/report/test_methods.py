@@ -170,3 +170,14 @@ def test_a_methods_own_settings_are_part_of_its_kd_treatment():
     other = trial(3, True, 0.84, method="at", twin_of=0)
     other["settings"]["model"]["width_mult"] = 0.75
     assert pair_trials([off, other]).refused
+
+
+def test_unlinked_twins_pair_when_one_method_has_searched_settings():
+    """One method fixed, its settings searched: a KD-on trial carries them, its KD-off counterpart never does;
+    matched without a twin link (by params and seed), they still pair."""
+    on = trial(0, True, 0.84)
+    on["params"]["distill.at.beta"] = 300.0
+    off = trial(1, False, 0.80)
+    pairing = pair_trials([on, off])
+    assert [p.numbers for p in pairing.pairs] == [(0, 1)] and not pairing.unpaired
+    assert "distill.at.beta" not in pairing.pairs[0].params

@@ -335,3 +335,17 @@ def test_fields_added_later_are_left_out_of_the_hash_at_the_schema_defaults():
     for section, fields in LATER_FIELDS.items():
         for name, default in fields.items():
             assert dumped[section][name] == default, f"{section}.{name}"
+
+
+def test_a_condition_chain_broken_at_a_fixed_link_is_refused_and_counts_nothing():
+    """distill.at.layers searched with method fixed at `at` but KD fixed off: it can never apply (validate says
+    which link breaks); with KD searched it hangs on distill.kd through the fixed method."""
+    from autokd.space import dimensions, discrete_size
+
+    data = {"version": 1, "name": "s", "distill": {"kd": False, "method": "at",
+                                                   "at": {"layers": {"choices": ["all", "last"]}}}}
+    with pytest.raises(SpaceError, match=r"distill\.at\.layers: is searched, but distill\.kd is false"):
+        space_from_dict(data)
+    data["distill"]["kd"] = {"choices": [True, False]}
+    space = space_from_dict(data)
+    assert discrete_size(dimensions(space), space) == (1 + 2, 0)  # KD off, or KD on with either layers value
