@@ -41,10 +41,18 @@ def make_plan(st: Any, sp: Any, *, margin: float | None, half_width: float | Non
     block = int(design["points"]) if design and design.get("points") else 1
     records = trial_records(st)
     seconds = trial_seconds(records)
-    techniques = plan_techniques(kd, target=target / 100.0, trial_seconds=seconds, block=block)
+    methods = kd.get("methods") or {}
+    per_pair = 1 + len(methods) if methods else 2  # with KD methods the unit is a sibling set, all of it run
+    techniques = plan_techniques(kd, target=target / 100.0, trial_seconds=seconds, block=block,
+                                 trials_per_pair=per_pair)
+    # Each method's own technique questions, on its own pairs: a method-by-method answer needs each of them precise
+    # (a design runs every method at every point, so the slowest method sets the budget).
+    per_method = {m: plan_techniques(v, target=target / 100.0, trial_seconds=seconds, block=block,
+                                     trials_per_pair=per_pair)
+                  for m, v in methods.items() if (v.get("model") or {}).get("n_pairs")}
     k = len(techniques)
-    return {"techniques": techniques, "target_half_width": target / 100.0, "margin": kd["margin"],
-            "block": block, "trial_seconds": seconds, "n_pairs": (kd.get("model") or {}).get("n_pairs"),
+    return {"techniques": techniques, "methods": per_method, "target_half_width": target / 100.0, "margin": kd["margin"],
+            "block": block, "trials_per_pair": per_pair, "unit": "sibling sets" if methods else "pairs", "trial_seconds": seconds, "n_pairs": (kd.get("model") or {}).get("n_pairs"),
             "analysed": (design or {}).get("analysed") or "all pairs", "design": design,
             "undetermined_at_target": undetermined_at_target(k) if k else None}
 
@@ -89,7 +97,9 @@ def print_plan(data: dict[str, Any], console: Console) -> None:
     table = Table(title=f"Plan: the 90% half-width of each technique's KD-gain differences (pts) against the target "
                         f"≤ {_pts(target)} (margin ±{_pts(data['margin'])}), and what is still needed to reach it",
                   title_justify="left", header_style="bold")
-    for col in ("technique", "verdict now", "half-width", "pairs", "trials", "minutes"):
+    unit = data.get("unit", "pairs")
+    for col in ("technique", "verdict now", "half-width", "sets" if unit == "sibling sets" else "pairs", "trials",
+                "minutes"):
         table.add_column(col, justify="left" if col in ("technique", "verdict now") else "right",
                          no_wrap=col in ("technique", "verdict now"))
     for name, e in data["techniques"].items():
@@ -100,12 +110,29 @@ def print_plan(data: dict[str, Any], console: Console) -> None:
         trials = "-" if e["trials_needed"] is None else str(e["trials_needed"])
         table.add_row(name.rsplit(".", 1)[-1], str(e["verdict"]), hw, pairs, trials, minutes)
     console.print(table)
+    if data.get("methods"):
+        per = Table(title="Per KD method: the same, on each method's own pairs (a design runs every method at every "
+                          "point: the largest need settles them all)", title_justify="left", header_style="bold")
+        for col in ("method", "technique", "verdict now", "half-width", "sets", "trials", "minutes"):
+            per.add_column(col, justify="left" if col in ("method", "technique", "verdict now") else "right",
+                           no_wrap=col in ("method", "technique", "verdict now"))
+        for method, techniques in data["methods"].items():
+            for name, e in techniques.items():
+                per.add_row(method, name.rsplit(".", 1)[-1], str(e["verdict"]),
+                            _pts(e["half_width"]) + (" ✓" if e["reached"] else ""),
+                            "-" if e["pairs_needed"] is None else str(e["pairs_needed"]),
+                            "-" if e["trials_needed"] is None else str(e["trials_needed"]),
+                            "-" if e["minutes_needed"] is None else f"{e['minutes_needed']:.0f}")
+        console.print(per)
     design = data.get("design") or {}
     where = (f"from {data['n_pairs']} {data['analysed']}" if data.get("n_pairs") is not None else "no pairs yet")
     lines = [f"Half-widths {where}; needs are predicted from their HC3 standard errors, inflated so the target "
-             f"is reached in 90% of studies" + (f", in whole replicates of {data['block']} pairs" if data["block"] > 1
+             f"is reached in 90% of studies" + (f", in whole replicates of {data['block']} {unit}" if data["block"] > 1
                                                  else "") + " (the report's '≈N pairs would settle it' extrapolates "
              "the differences observed so far; this is the precision that settles it whatever they are)."]
+    if unit == "sibling sets":
+        lines.append(f"With KD methods searched the unit is a sibling set: its KD-off trial and one KD-on trial per "
+                     f"method, {data['trials_per_pair']} trials.")
     if data.get("trial_seconds") is not None:
         lines.append(f"Minutes at the study's median trial time, {data['trial_seconds']:.0f} s, on one worker "
                      "(divide by the workers).")

@@ -40,6 +40,10 @@ from autokd.report.verdict import MIN_VERDICT_PAIRS, overall_word, survival_sent
 
 __all__ = ["kd_analysis", "ESTIMAND"]
 
+# what a report keeps of an orthogonality fit (kd.model, and each method's own)
+MODEL_KEYS = ("fitted", "reason", "n_pairs", "n_coefficients", "df_resid", "se", "test", "alpha",
+              "equivalence_confidence")
+
 ESTIMAND = ("the mean KD gain (KD on − KD off, paired twins) over the configurations this study visited; the "
             "sampler does not draw configurations independently, so it is not the mean over the whole space")
 
@@ -115,12 +119,15 @@ def _factors_of(pairs: Sequence[Pair], *, design: Mapping[str, Any] | None, excl
 
 def design_factor_analysis(trials: Iterable[Mapping], *, factors: Sequence[str], margin: float,
                            metric: str = "val_accuracy", seed: int = 0, n_perm: int = 2000,
-                           alpha: float = 0.05) -> dict[str, Any]:
+                           alpha: float = 0.05, method: str | None = None) -> dict[str, Any]:
     """The orthogonality analysis (:func:`orthogonality.analyze`) of a study's design pairs alone, at exactly the
-    design's levels (no binning, no merging) of the techniques ``factors``."""
+    design's levels (no binning, no merging) of the techniques ``factors``: pooled over the KD methods (one unit
+    per sibling set), or with ``method`` that method's own pairs."""
     pairs = pair_trials(t for t in trials if isinstance(t, Mapping)).pairs
     methods = sorted({p.method for p in pairs if p.method is not None})
-    if methods:  # the methods' pairs share their KD-off trial: one unit per sibling set (autokd.report.methods)
+    if method is not None:
+        pairs = [p for p in pairs if p.method == method]
+    elif methods:  # the methods' pairs share their KD-off trial: one unit per sibling set (autokd.report.methods)
         pairs = set_pairs(pairs, methods)[0]
     kept = [p for p in pairs if p.design and p.gain(metric) is not None]
     return orthogonality.analyze([p.gain(metric) for p in kept], {f: [p.params.get(f) for p in kept] for f in factors},
@@ -186,8 +193,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
     ortho = orthogonality.analyze(gains, factors, margin=float(margin), alpha=alpha, seed=seed, n_perm=n_perm,
                                   repeat_gains=repeat_gains if with_repeats else None,
                                   **(DESIGN_LEVELS if use_design else {}))
-    model = {k: ortho.get(k) for k in ("fitted", "reason", "n_pairs", "n_coefficients", "df_resid", "se", "test",
-                                       "alpha", "equivalence_confidence")}
+    model = {k: ortho.get(k) for k in MODEL_KEYS}
     heterogeneity = ortho.get("heterogeneity") if with_repeats else None
     fronts = front_comparison(trials, cost_metric=cost_metric, metric=primary, kd_param=kd_param)
     lost = [lp.to_dict() for lp in pairing.lost]
@@ -229,7 +235,7 @@ def kd_analysis(trials: Iterable[Mapping], *, metrics: Sequence[str] = ("val_acc
                                         **(DESIGN_LEVELS if use_design else {}))
             return {"n_pairs": len(ps), "pairs": [{"on": p.numbers[0], "off": p.numbers[1]} for p in ps],
                     "gain": summaries, "overall": overall_word(summaries[primary], alpha=alpha),
-                    "factors": fit.get("factors", [])}
+                    "factors": fit.get("factors", []), "model": {k: fit.get(k) for k in MODEL_KEYS}}
 
         by_method = per_method(listed, analyse)
         method_extra = {"methods": by_method, "n_sets": len(pairs),

@@ -111,10 +111,12 @@ def topup_replicates(kd_factors: Sequence[Mapping[str, Any]], *, n: int, p: int,
 
 
 def plan_techniques(kd: Mapping[str, Any], *, target: float, trial_seconds: float | None, block: int = 1,
-                    assurance: float = ASSURANCE) -> dict[str, dict[str, Any]]:
-    """Per technique of a KD report section (``kd``): the half-width reached, and the pairs, trials (both sides of
-    a pair) and minutes (one worker, at ``trial_seconds`` a trial) still needed to reach ``target``, in whole
-    blocks of ``block`` pairs (a design replicate). Fractions of accuracy throughout (``target`` too)."""
+                    assurance: float = ASSURANCE, trials_per_pair: int = 2) -> dict[str, dict[str, Any]]:
+    """Per technique of a KD report section (``kd``): the half-width reached, and the pairs, trials and minutes
+    (one worker, at ``trial_seconds`` a trial) still needed to reach ``target``, in whole blocks of ``block`` pairs
+    (a design replicate). A pair costs ``trials_per_pair`` trials: 2 (KD on and off), or with KD methods searched
+    the whole sibling set the pooled analysis counts as one unit (KD-off + one trial per method). Fractions of
+    accuracy throughout (``target`` too)."""
     model = kd.get("model") or {}
     n, p = int(model.get("n_pairs") or 0), int(model.get("n_coefficients") or 0)
     out = {}
@@ -133,9 +135,9 @@ def plan_techniques(kd: Mapping[str, Any], *, target: float, trial_seconds: floa
             else:
                 more = 0 if entry["reached"] else max(0, total - n)
                 entry["pairs_needed"] = more
-                entry["trials_needed"] = 2 * more
+                entry["trials_needed"] = trials_per_pair * more
                 if trial_seconds is not None:
-                    entry["minutes_needed"] = 2 * more * trial_seconds / 60.0
+                    entry["minutes_needed"] = trials_per_pair * more * trial_seconds / 60.0
         out[f["factor"]] = entry
     return out
 

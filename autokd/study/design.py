@@ -39,6 +39,7 @@ from autokd.space import Space, space_hash
 from autokd.space.design import (KD_PARAM, DesignFactor, design_factors, held_settings, min_replicates,
                                  trials_per_point)
 from autokd.study.storage import quiet_optuna
+from autokd.study.twins import kd_methods
 
 ATTR_DESIGN = "autokd.design"  # study user attribute: the design and, once planned, its replicates
 ESTIMAND = ("the mean KD gain difference between a technique's levels, averaged over the design's level "
@@ -46,7 +47,7 @@ ESTIMAND = ("the mean KD gain difference between a technique's levels, averaged 
             "levels meet every other's equally often)")
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _SIZING_KEYS = ("pilot_replicates", "pilot_pairs", "target_half_width", "pilot_fitted", "pairs_per_technique",
-                "pilot_half_width", "pilot_reason")
+                "pilot_half_width", "pilot_reason", "replicates_per_method")
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
         sizing = {k: v for k, v in known.items() if k in _SIZING_KEYS}
         asked = known.get("planned_replicates", known.get("asked"))
     else:
-        planned, sizing = _size(study, design, pilot, spec.target / 100.0, margin=spec.margin / 100.0)
+        planned, sizing = _size(study, design, pilot, spec.target / 100.0, margin=spec.margin / 100.0,
+                                methods=kd_methods(space) or ())
         asked = planned if planned is not None else budget  # the pilot could not be analysed: the design's share
     record.update(how="pilot", planned_replicates=int(asked), **sizing)
     topup = known.get("topup") if known.get("how") == "pilot" else None
@@ -183,7 +185,8 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
         if asked >= budget:  # the budget holds no more: nothing to top up
             topup = {"asked": int(asked), "reason": "budget"}
         else:
-            more, sizing2 = _size(study, design, run, spec.target / 100.0, margin=spec.margin / 100.0, topup=run)
+            more, sizing2 = _size(study, design, run, spec.target / 100.0, margin=spec.margin / 100.0, topup=run,
+                                  methods=kd_methods(space) or ())
             topup = {"pairs": sizing2["pilot_pairs"], "asked": int(more if more is not None else asked),
                      "half_width": sizing2["pilot_half_width"]}
     if topup is not None:
@@ -195,24 +198,54 @@ def planned_replicates(study: optuna.Study, space: Space, design: StudyDesign,
 
 
 def _size(study: optuna.Study, design: StudyDesign, replicates: int, target: float, *, margin: float,
-          topup: int | None = None) -> tuple[int | None, dict[str, Any]]:
+          topup: int | None = None, methods: Sequence[str] = ()) -> tuple[int | None, dict[str, Any]]:
     """Replicates that reach ``target``, sized (Wittes-Brittain) from the design pairs of the first ``replicates``
-    replicates: the pilot, or (``topup``: the replicates run so far) the top-up's re-plan."""
+    replicates: the pilot, or (``topup``: the replicates run so far) the top-up's re-plan. With KD ``methods``
+    searched, every method's own technique questions are sized too, on its own pairs, and the design runs the
+    most any of them (or the pooled analysis) needs: each point runs every method, so that settles them all."""
     from autokd.report.kd_gain import design_factor_analysis
-    from autokd.report.plan import replicates_for, topup_replicates
     from autokd.study.records import trial_records
 
     pairs = [r for r in trial_records(study) if r.get("replicate", 0) < replicates]
+    replicates_needed, sizing = _size_one(pairs, design, target, margin=margin, topup=topup)
+    if methods and replicates_needed is not None:
+        per_method: dict[str, int | None] = {}
+        for m in methods:
+            analysis = design_factor_analysis(pairs, factors=[f.path for f in design.factors], margin=margin,
+                                              n_perm=1, method=m)
+            per_method[m] = _replicates(analysis, design, target, topup)
+        sizing["replicates_per_method"] = per_method
+        replicates_needed = max([replicates_needed, *(r for r in per_method.values() if r is not None)])
+    return replicates_needed, sizing
+
+
+def _replicates(analysis: dict[str, Any], design: StudyDesign, target: float, topup: int | None) -> int | None:
+    from autokd.report.plan import replicates_for, topup_replicates
+
+    n, p = int(analysis.get("n_pairs") or 0), int(analysis.get("n_coefficients") or 0)
+    factors = analysis.get("factors") or []
+    if topup is None:
+        return replicates_for(factors, n=n, p=p, points=design.points, target=target)[0]
+    return topup_replicates(factors, n=n, p=p, points=design.points, target=target,
+                            replicates=topup) if analysis.get("fitted") else None
+
+
+def _size_one(pairs: list[dict[str, Any]], design: StudyDesign, target: float, *, margin: float,
+              topup: int | None) -> tuple[int | None, dict[str, Any]]:
+    """:func:`_size` on the pooled analysis (one unit per sibling set when methods are searched)."""
+    from autokd.report.kd_gain import design_factor_analysis
+    from autokd.report.plan import replicates_for
+
     # Only the standard errors and their df size the design: no resampling test is needed here.
     analysis = design_factor_analysis(pairs, factors=[f.path for f in design.factors], margin=margin, n_perm=1)
-    n, p = int(analysis.get("n_pairs") or 0), int(analysis.get("n_coefficients") or 0)
+    n = int(analysis.get("n_pairs") or 0)
     factors = analysis.get("factors") or []
     per: dict[str, int | None] = {}
     if topup is None:
-        replicates_needed, per = replicates_for(factors, n=n, p=p, points=design.points, target=target)
+        replicates_needed, per = replicates_for(factors, n=n, p=int(analysis.get("n_coefficients") or 0),
+                                                points=design.points, target=target)
     else:
-        replicates_needed = topup_replicates(factors, n=n, p=p, points=design.points, target=target,
-                                             replicates=topup) if analysis.get("fitted") else None
+        replicates_needed = _replicates(analysis, design, target, topup)
     sizing = {"pilot_pairs": n, "target_half_width": target, "pilot_fitted": bool(analysis.get("fitted")),
               "pairs_per_technique": per, "pilot_half_width": {f["factor"]: f.get("half_width") for f in factors}}
     if not analysis.get("fitted"):

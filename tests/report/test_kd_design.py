@@ -99,6 +99,11 @@ def test_the_plan_asks_for_more_pairs_the_noisier_the_pilot():
         assert e["trials_needed"] == 2 * e["pairs_needed"]
         assert e["minutes_needed"] == pytest.approx(e["trials_needed"] * 0.5)
         assert e["pairs_needed"] % 8 == 0 and e["pairs_needed"] + 16 == per[name]
+    # with 6 KD methods a pooled unit is a sibling set: 7 trials (KD-off + one per method), all of them run
+    sets = plan_techniques(noisy, target=0.005, trial_seconds=30.0, block=8, trials_per_pair=7)
+    for name, e in sets.items():
+        assert e["pairs_needed"] == plan[name]["pairs_needed"] and e["trials_needed"] == 7 * e["pairs_needed"]
+        assert e["minutes_needed"] == pytest.approx(7 * e["pairs_needed"] * 0.5)
 
 
 def test_pairs_to_reach_meets_the_prediction_it_promises():

@@ -340,3 +340,30 @@ def test_two_workers_share_a_design(tiny_space, tmp_path, space_file):
     plan = study.user_attrs[ATTR_DESIGN]
     assert plan["how"] == "pilot" and plan["planned"] and plan["pilot_replicates"] == 2 and plan["replicates"] == 2
     assert plan["pilot_pairs"] == 8 and plan["budget_replicates"] == 2
+
+
+def test_with_kd_methods_the_design_is_sized_for_every_methods_own_questions(tiny_space):
+    """Each design point runs every KD method, and the report answers each method's technique questions on its
+    own pairs: an auto design asks for the most that any of them (or the pooled sets) needs. Here hinton's gain is
+    quiet and dist's loud; pooled sets average the two, so sizing on them alone would leave dist's undecided."""
+    data = design_space(tiny_space, replicates="auto", n_trials=1200)
+    data["distill"]["method"] = {"choices": ["hinton", "dist"]}
+    space = space_from_dict(data)
+    study, rng = new_study(), __import__("random").Random(2)
+    noise = {"hinton": 0.0005, "dist": 0.008}
+    state = enqueue_design(study, space)
+    while not state.planned:
+        while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            trial = study.ask()
+            cfg = sample(space, trial)
+            kd, method = cfg.params["distill.kd"], cfg.params.get("distill.method")
+            acc = 0.9 + (0.02 + rng.gauss(0, noise[method]) if kd else 0.0)
+            trial.set_user_attr("metrics", {"val_accuracy": acc})
+            study.tell(trial, [acc, 1.0])
+            enqueue_missing_twins(study, methods=("hinton", "dist"))
+        state = enqueue_design(study, space)
+    plan = study.user_attrs[ATTR_DESIGN]
+    per_method = plan["replicates_per_method"]
+    pooled = -(-max(plan["pairs_per_technique"].values()) // 4)  # whole replicates of the 4-point design
+    assert per_method["dist"] > max(per_method["hinton"], pooled)
+    assert plan["planned_replicates"] == per_method["dist"]
