@@ -57,7 +57,7 @@ def suggest(trial: Any, dim: Dimension) -> Any:
 
 def sample(space: Space, trial: Any) -> TrialConfig:
     """Draw every searched field that applies from ``trial`` (a KD-off trial draws no KD method: see
-    :data:`autokd.space.schema.CONDITIONS`) and resolve the space (with the trial's replicate, if any)."""
+    :data:`autokd.space.dimensions.CONDITIONS`) and resolve the space (with the trial's replicate, if any)."""
     params: dict[str, Any] = {}
     for dim in dimensions(space):  # schema order: a field comes after the one it depends on
         if applies(space, dim.path, params):

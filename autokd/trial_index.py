@@ -28,7 +28,7 @@ from autokd.sampling import replicate_of
 from autokd.space.schema import METHOD_SETTINGS
 
 KD_PARAM = "distill.kd"
-METHOD_PARAM = "distill.method"  # searched only with KD: a KD-off trial carries none (autokd.space.schema.CONDITIONS)
+METHOD_PARAM = "distill.method"  # searched only with KD: a KD-off trial carries none (autokd.space.dimensions.CONDITIONS)
 CLAIM_ATTR = "claimed"  # user attr: every param of this RUNNING trial is written (see duplicate_of)
 DECIDED_RUN_ATTR = "settings"  # written by the objective once a trial has decided to train (it is no duplicate)
 CLAIM_WAIT_SECONDS = 30.0  # how long to wait for a claimed trial to decide; past it its worker is taken for dead

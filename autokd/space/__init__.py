@@ -9,7 +9,8 @@ collected and raised at once as a :class:`~autokd.errors.SpaceError` whose lines
 A field that can be searched takes a fixed value, ``{choices: [...]}`` or ``{low:, high:, step:?, log:?}``.
 The Optuna parameter name of a searched field is its dotted path (``model.width_mult``).
 
-Modules by concern: :mod:`~autokd.space.schema` (pydantic models, dimensions, resolving), :mod:`~autokd.space.checks`
+Modules by concern: :mod:`~autokd.space.schema` (pydantic models), :mod:`~autokd.space.dimensions` (searched
+fields, their conditions, resolving), :mod:`~autokd.space.checks`
 (cross-field rules), :mod:`~autokd.space.jsonschema` (the JSON Schema of a space file, for editors),
 :mod:`~autokd.space.identity` (the space hash), :mod:`~autokd.space.design` (the design phase's factors and levels),
 :mod:`~autokd.space.memory` (the memory the data needs, against this machine's),
@@ -29,9 +30,9 @@ from autokd.space.jsonschema import space_json_schema
 from autokd.space.memory import MEMORY_LIMIT_ENV, MemoryEstimate, estimate_memory, memory_limit
 from autokd.space.messages import validate_data
 from autokd.space.identity import BUDGET_FIELDS, legacy_space_hashes, space_hash
-from autokd.space.schema import (Choices, CompressSpec, DatasetSpec, DesignSpec, Dimension, DistillSpec, ModelSpec,
-                                 Range, SearchSpec, Space, TeacherSpec, TrainSpec, applies, dimensions, discrete_size,
-                                 is_resolved, resolve, to_dict)
+from autokd.space.dimensions import Dimension, applies, dimensions, discrete_size, is_resolved, resolve, to_dict
+from autokd.space.schema import (Choices, CompressSpec, DatasetSpec, DesignSpec, DistillSpec, ModelSpec, Range,
+                                 SearchSpec, Space, TeacherSpec, TrainSpec)
 from autokd.space.yamlio import _read_yaml, parse_overrides, parse_yaml_value
 
 __all__ = ["BOUNDS", "BUDGET_FIELDS", "CHECKS", "MACHINE_CHECKS", "MEMORY_LIMIT_ENV", "QUANT_BITS", "Choices",

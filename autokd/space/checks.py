@@ -11,7 +11,8 @@ from autokd.errors import hint
 
 from autokd.space.design import check_design
 from autokd.space.memory import KNOWN_DATASETS, MemoryLimit, estimate_memory, format_bytes, memory_limit
-from autokd.space.schema import CONDITIONS, Choices, Range, Space, _fmt, dimensions, walk_fields
+from autokd.space.dimensions import CONDITIONS, _fmt, dimensions, walk_fields
+from autokd.space.schema import Choices, Range, Space
 
 
 CheckResult = list[tuple[str, str]]

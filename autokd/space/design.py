@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from autokd.space.schema import CONDITIONS, Choices, Dimension, Space, dimensions
+from autokd.space.dimensions import CONDITIONS, Dimension, dimensions
+from autokd.space.schema import Choices, Space
 
 KD_PARAM = "distill.kd"
 KD_OWN = "distill."

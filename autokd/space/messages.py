@@ -14,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 from autokd.errors import Problem, SpaceError, hint
 
 from autokd.space.checks import CHECKS, MACHINE_CHECKS
-from autokd.space.schema import Space, set_path
+from autokd.space.dimensions import set_path
+from autokd.space.schema import Space
 from autokd.space.yamlio import parse_overrides
 
 def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
