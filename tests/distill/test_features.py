@@ -510,44 +510,20 @@ def test_close_after_quantization_leaves_no_hook(nets, batch):
 
 # --- a whole trial -------------------------------------------------------------------------------------------------
 
-SPACE = {"version": 1, "name": "features",
-         "dataset": {"name": "digits", "image_size": 8, "limit": 300},
-         "model": {"family": "mobilenetv2", "width_mult": 0.5},
-         "distill": {"kd": {"choices": [True, False]}, "teacher": {"family": "resnet", "width": 8, "epochs": 1}},
-         "train": {"epochs": 1},
-         "compress": {"prune_ratio": 0.5, "bits": 4, "finetune_epochs": 1},
-         "search": {"n_trials": 2}}
-
-
-@pytest.fixture(scope="module")
-def trial_inputs(tmp_path_factory):
-    from autokd.data import load_dataset
-    from autokd.objective import prepare_inputs
-    from autokd.space import space_from_dict
-    from autokd.teacher import get_teacher
-
-    torch.manual_seed(0)
-    space = space_from_dict(SPACE)
-    data = load_dataset(space.dataset)
-    teacher = get_teacher(space, data, cache_dir=tmp_path_factory.mktemp("cache"))
-    return prepare_inputs(space, data, teacher=teacher)
-
-
 @pytest.mark.parametrize("method", [
     "fitnets",
     "pkt",
 ])
-def test_a_pruned_quantized_trial_leaves_no_hook_and_no_regressor(trial_inputs, method):
+def test_a_pruned_quantized_trial_leaves_no_hook_and_no_regressor(compressed, with_method, method):
     from autokd.models import build_student
     from autokd.objective import run_config
     from autokd.sampling import sample
-    from autokd.space import space_from_dict
 
+    _, _, inputs = compressed
     settings = {"fitnets": {"layers": "all"}} if method == "fitnets" else {}
-    space = space_from_dict({**SPACE, "distill": {**SPACE["distill"], "method": method, **settings}})
-    cfg = sample(space, optuna.trial.FixedTrial({"distill.kd": True}))
-    out = run_config(cfg, trial_inputs)
-    assert forward_hooks(trial_inputs.teacher.models[0]) == {}
+    cfg = sample(with_method(method, **settings), optuna.trial.FixedTrial({"distill.kd": True}))
+    out = run_config(cfg, inputs)
+    assert forward_hooks(inputs.teacher.models[0]) == {}
     assert forward_hooks(out.model) == {}
     # the same keys as the bare architecture, quantized: nothing of the regressors came along
     bare = quantize_model(build_student(cfg.model, num_classes=10, in_channels=1), bits=4)

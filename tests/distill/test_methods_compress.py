@@ -9,34 +9,17 @@ import optuna
 import pytest
 import torch
 
-from autokd.data import load_dataset
 from autokd.distill import KD_METHODS
 from autokd.export import formats, graph, verify
-from autokd.objective import prepare_inputs, run_config
+from autokd.objective import run_config
 from autokd.sampling import sample
-from autokd.space import space_from_dict
-from autokd.teacher import get_teacher
-
-SPACE = {"version": 1, "name": "methods-compress",
-         "dataset": {"name": "digits", "image_size": 8, "limit": 300},
-         "model": {"family": "mobilenetv2", "width_mult": 0.5},
-         "distill": {"kd": {"choices": [True, False]}, "teacher": {"family": "resnet", "width": 8, "epochs": 2}},
-         "train": {"epochs": 1},
-         "compress": {"prune_ratio": 0.5, "bits": 4, "finetune_epochs": 1},
-         "search": {"n_trials": 2}}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.manual_seed(0)
-    space = space_from_dict(SPACE)
-    data = load_dataset(space.dataset)
-    teacher = get_teacher(space, data, cache_dir=tmp_path_factory.mktemp("cache"))
-    inputs = prepare_inputs(space, data, teacher=teacher)
+def trained(compressed, with_method):
+    space, data, inputs = compressed
     out = {"off": run_config(sample(space, optuna.trial.FixedTrial({"distill.kd": False})), inputs)}
     for method in KD_METHODS:
-        sp = space_from_dict({**SPACE, "distill": {**SPACE["distill"], "method": method}})
-        out[method] = run_config(sample(sp, optuna.trial.FixedTrial({"distill.kd": True})), inputs)
+        out[method] = run_config(sample(with_method(method), optuna.trial.FixedTrial({"distill.kd": True})), inputs)
     return out, data
 
 
