@@ -130,6 +130,18 @@ def test_a_tap_refused_for_a_later_bad_path_leaves_no_hook(nets):
     assert forward_hooks(student) == {}
 
 
+def _assert_one_hook_reads_then_closes(tap: Tap, student: nn.Module, x: torch.Tensor) -> None:
+    """After ``tap.attach``: exactly one hook on the (new) classifier, which captures its input; close leaves none."""
+    tap.attach(student)
+    assert forward_hooks(student) == {"classifier": 1}  # attach re-registers, it does not add a second hook
+    grab = Capture(student, inputs=["classifier"])
+    student(x)
+    assert torch.equal(tap.take()["classifier"]["input"], grab.inp["classifier"])
+    grab.close()
+    tap.close()
+    assert forward_hooks(student) == {}
+
+
 def test_a_module_replaced_by_setattr_loses_its_hook_until_attach(nets, batch):
     """Replacing a hooked module (as compression does) drops the hook: the Tap then refuses rather than hand over
     nothing; attach() hooks the new module, whose input is then what is captured."""
@@ -140,14 +152,7 @@ def test_a_module_replaced_by_setattr_loses_its_hook_until_attach(nets, batch):
     student(x)
     with pytest.raises(RuntimeError, match="classifier"):
         tap.take()
-    tap.attach(student)
-    assert forward_hooks(student) == {"classifier": 1}  # attach re-registers, it does not add a second hook
-    grab = Capture(student, inputs=["classifier"])
-    student(x)
-    assert torch.equal(tap.take()["classifier"]["input"], grab.inp["classifier"])
-    grab.close()
-    tap.close()
-    assert forward_hooks(student) == {}
+    _assert_one_hook_reads_then_closes(tap, student, x)
 
 
 def test_close_removes_every_hook(nets, batch):
@@ -474,14 +479,7 @@ def test_a_tap_on_a_layer_quantization_replaced_keeps_one_hook_and_closes_clean(
     tap = Tap(student, ["classifier"], "input")
     quantize_model(student, bits=4)
     assert type(student.classifier).__name__ == "QuantLinear"
-    tap.attach(student)
-    assert forward_hooks(student) == {"classifier": 1}
-    grab = Capture(student, inputs=["classifier"])
-    student(x)
-    assert torch.equal(tap.take()["classifier"]["input"], grab.inp["classifier"])
-    grab.close()
-    tap.close()
-    assert forward_hooks(student) == {}
+    _assert_one_hook_reads_then_closes(tap, student, x)
 
 
 def test_pkt_after_quantization_and_attach_reads_the_quantized_classifiers_input(nets, batch):
